@@ -1,0 +1,295 @@
+"""Suite file (TOML) -> frozen, validated dataclasses.
+
+Every error is one ConfigError line naming the file, the key and what is expected; nothing is
+written before the whole file has been validated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import ConfigError
+from .params import as_dict, parse_params, require
+from .registry import DATASETS, MODELS, NETS, SUITES
+
+DEFAULT_SUITE = Path(__file__).resolve().parent.parent / "suites" / "quick.toml"
+
+
+@dataclass(frozen=True)
+class OodSetConfig:
+    """One out-of-distribution set: a dataset plugin, its group and how many examples to use."""
+
+    dataset: str
+    group: Literal["near", "far"] = "far"
+    size: int = 1000
+    options: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        require(self.size > 0, "size", "a positive integer", self.size)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The in-distribution dataset and its seeded train (members) / val / test (non-members) split."""
+
+    dataset: str = "mnist5k"
+    options: dict = field(default_factory=dict)
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.3
+    max_train: int = 0
+    max_test: int = 0
+    ood: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        require(0.0 <= self.val_fraction < 1.0, "val_fraction", "a number in [0, 1)", self.val_fraction)
+        require(0.0 < self.test_fraction < 1.0, "test_fraction", "a number in (0, 1)", self.test_fraction)
+        require(self.val_fraction + self.test_fraction < 1.0, "test_fraction",
+                "val_fraction + test_fraction < 1", self.test_fraction)
+        require(self.max_train >= 0, "max_train", "0 (all) or a positive integer", self.max_train)
+        require(self.max_test >= 0, "max_test", "0 (all) or a positive integer", self.max_test)
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Network architecture: a registered net or a user callable ``package.module:function``."""
+
+    arch: str = "lenet"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The deterministic training recipe, shared by every model that trains a network."""
+
+    epochs: int = 5
+    batch_size: int = 128
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: Literal["none", "cosine", "step"] = "cosine"
+    eval_batch_size: int = 1000
+
+    def check(self) -> None:
+        require(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
+        require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        require(self.lr > 0, "lr", "a positive number", self.lr)
+        require(self.weight_decay >= 0, "weight_decay", "a number >= 0", self.weight_decay)
+        require(self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1", self.eval_batch_size)
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """A model or suite entry: its name in the file, the plugin it uses, and validated params."""
+
+    name: str
+    plugin: str
+    params: Any
+
+    def as_dict(self) -> dict:
+        return {"plugin": self.plugin, **as_dict(self.params)}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str
+    source: str
+    seeds: tuple[int, ...]
+    device: str
+    output_dir: str
+    cache_dir: str
+    num_threads: int
+    data: DataConfig
+    ood: tuple[tuple[str, OodSetConfig], ...]
+    net: NetConfig
+    train: TrainConfig
+    models: tuple[PluginSpec, ...]
+    suites: tuple[PluginSpec, ...]
+    description: str = ""
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def model(self, name: str) -> PluginSpec:
+        for spec in self.models:
+            if spec.name == name:
+                return spec
+        raise ConfigError(f"{self.source}: no model named {name!r}")
+
+
+@dataclass(frozen=True)
+class _TopLevel:
+    name: str = ""
+    description: str = ""
+    seeds: tuple[int, ...] = (0,)
+    device: str = "auto"
+    output_dir: str = ""
+    cache_dir: str = ""
+    num_threads: int = 0
+    data: dict = field(default_factory=dict)
+    net: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    models: dict = field(default_factory=dict)
+    suites: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        require(len(self.seeds) > 0, "seeds", "a non-empty list of integers", list(self.seeds))
+        require(len(set(self.seeds)) == len(self.seeds), "seeds", "distinct integers", list(self.seeds))
+        dev = self.device
+        require(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"), "device",
+                "'auto', 'cpu', 'cuda' or 'cuda:N'", dev)
+        require(self.num_threads >= 0, "num_threads", "0 (torch default) or a positive integer",
+                self.num_threads)
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("STF_EVAL_CACHE") or str(Path.home() / ".cache" / "stf-eval")
+
+
+def parse_value(text: str) -> Any:
+    """A --set value as TOML (numbers, booleans, lists, quoted strings); otherwise a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
+        key, text = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"--set {item!r}: empty key")
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a table in {source}")
+            node = child
+        node[parts[-1]] = parse_value(text.strip())
+    return raw
+
+
+def _plugin_specs(tables: dict, registry, kind: str, where: str) -> tuple[PluginSpec, ...]:
+    specs = []
+    for name, table in tables.items():
+        key = f"{where}.{name}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{key}: expected a table of {kind} parameters, got {table!r}")
+        table = dict(table)
+        plugin_name = table.pop("plugin", name)
+        if not isinstance(plugin_name, str):
+            raise ConfigError(f"{key}.plugin: expected a string, got {plugin_name!r}")
+        try:
+            plugin = registry.get(plugin_name)
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: {exc}") from exc
+        params = parse_params(plugin.Params, table, key)
+        specs.append(PluginSpec(name=name, plugin=plugin_name, params=params))
+    return tuple(specs)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                text: str | None = None) -> RunConfig:
+    """Read and validate a suite file (or ``text``); raise ConfigError naming the file on any problem."""
+    source = str(path) if path is not None else "<string>"
+    if text is None:
+        p = Path(path) if path is not None else DEFAULT_SUITE
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"{source}: suite file not found")
+        text = p.read_text(encoding="utf-8")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: malformed TOML: {exc}") from exc
+    try:
+        return _build(raw, source, list(overrides or []))
+    except ConfigError as exc:
+        msg = str(exc)
+        if not msg.startswith(source):
+            msg = f"{source}: {msg}"
+        raise ConfigError(msg) from exc
+
+
+def _build(raw: dict, source: str, overrides: list[str]) -> RunConfig:
+    raw = apply_overrides(raw, overrides, source)
+    top = parse_params(_TopLevel, raw, "top level")
+    data_table = dict(top.data)
+    data = parse_params(DataConfig, data_table, "data")
+    DATASETS.get(data.dataset) if data.dataset else None
+    ood = []
+    for set_name, table in data.ood.items():
+        where = f"data.ood.{set_name}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: expected a table, got {table!r}")
+        oc = parse_params(OodSetConfig, table, where)
+        try:
+            DATASETS.get(oc.dataset)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.dataset: {exc}") from exc
+        ood.append((set_name, oc))
+    net = parse_params(NetConfig, top.net, "net")
+    if ":" not in net.arch:
+        try:
+            NETS.get(net.arch)
+        except ConfigError as exc:
+            raise ConfigError(f"net.arch: {exc}") from exc
+    train = parse_params(TrainConfig, top.train, "train")
+    models = _plugin_specs(top.models, MODELS, "model", "models")
+    suites = _plugin_specs(top.suites, SUITES, "suite", "suites")
+    if not models:
+        raise ConfigError("models: expected at least one [models.NAME] table")
+    name = top.name or Path(source).stem
+    return RunConfig(
+        name=name,
+        source=source,
+        description=top.description,
+        seeds=tuple(top.seeds),
+        device=top.device,
+        output_dir=top.output_dir or str(Path("runs") / name),
+        cache_dir=top.cache_dir or default_cache_dir(),
+        num_threads=top.num_threads,
+        data=data,
+        ood=tuple(ood),
+        net=net,
+        train=train,
+        models=models,
+        suites=suites,
+        raw=raw,
+    )
+
+
+def resolved_dict(cfg: RunConfig) -> dict:
+    """The fully resolved configuration (defaults filled in), for the run directory and the report."""
+    return {
+        "name": cfg.name,
+        "description": cfg.description,
+        "source": cfg.source,
+        "seeds": list(cfg.seeds),
+        "device": cfg.device,
+        "output_dir": cfg.output_dir,
+        "cache_dir": cfg.cache_dir,
+        "num_threads": cfg.num_threads,
+        "data": {k: v for k, v in as_dict(cfg.data).items() if k != "ood"},
+        "ood": {name: as_dict(oc) for name, oc in cfg.ood},
+        "net": as_dict(cfg.net),
+        "train": as_dict(cfg.train),
+        "models": {s.name: s.as_dict() for s in cfg.models},
+        "suites": {s.name: s.as_dict() for s in cfg.suites},
+    }
+
+
+def replace(cfg: RunConfig, **changes) -> RunConfig:
+    return dataclasses.replace(cfg, **changes)

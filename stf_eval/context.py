@@ -1,0 +1,91 @@
+"""What a suite sees while it evaluates one (model, seed) cell.
+
+Predictions are memoised per cell: every suite that asks for the test (or an OOD, or a shifted) set's
+logits gets the same tensor, computed once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .data.base import DataBundle, Split
+from .models.base import ModelPlugin
+from .records import make_record
+
+log = logging.getLogger("stf_eval")
+
+
+class EvalContext:
+    def __init__(self, *, model_name: str, model: ModelPlugin, data: DataBundle, seed: int, run_dir: Path,
+                 device: torch.device, build_like: Callable[[DataBundle, int], ModelPlugin] | None = None):
+        self.model_name = model_name
+        self.model = model
+        self.data = data
+        self.seed = seed
+        self.run_dir = Path(run_dir)
+        self.device = device
+        self.suite = ""
+        self.records: list[dict] = []
+        self.figures: list[dict] = []
+        self.notes: list[dict] = []
+        self._build_like = build_like
+        self._predictions: dict[str, torch.Tensor] = {}
+
+    # -- predictions --------------------------------------------------------------------------
+    def samples_of(self, key: str, x: torch.Tensor, n_samples: int | None = None) -> torch.Tensor:
+        """Logits [S, N, C] of ``x`` under the model, computed once per key for this cell."""
+        full_key = f"{key}@S{n_samples}" if n_samples else key
+        if full_key not in self._predictions:
+            self._predictions[full_key] = self.model.predict_samples(x, n_samples=n_samples)
+        return self._predictions[full_key]
+
+    def samples(self, split: str) -> torch.Tensor:
+        """Logits [S, N, C] of a named split: 'train', 'val', 'test' or 'ood:<set name>'."""
+        return self.samples_of(split, self.split_inputs(split))
+
+    def split_inputs(self, split: str) -> torch.Tensor:
+        if split.startswith("ood:"):
+            return self.data.ood[split[4:]].x
+        return getattr(self.data, split).x
+
+    @property
+    def prediction_keys(self) -> list[str]:
+        return list(self._predictions)
+
+    # -- output -------------------------------------------------------------------------------
+    def record(self, metric: str, value, dataset: str | None = None, **settings) -> dict:
+        row = make_record(self.model_name, self.suite, dataset or self.data.name, metric, value, self.seed,
+                          **settings)
+        self.records.append(row)
+        return row
+
+    def note(self, text: str) -> None:
+        """A remark shown in the report under this suite (a protocol detail, a skipped part, a warning)."""
+        log.info("%s/%s: %s", self.model_name, self.suite, text)
+        self.notes.append({"model": self.model_name, "suite": self.suite, "seed": self.seed, "text": text})
+
+    def save_figure(self, fig, name: str, caption: str = "") -> str:
+        """Save a matplotlib figure as SVG under figures/ and list it for the report."""
+        import matplotlib.pyplot as plt
+
+        rel = Path("figures") / f"{self.suite}--{self.model_name}--seed{self.seed}--{name}.svg"
+        path = self.run_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".svg.tmp")
+        fig.savefig(tmp, format="svg", bbox_inches="tight")
+        plt.close(fig)
+        tmp.replace(path)
+        self.figures.append({"model": self.model_name, "suite": self.suite, "seed": self.seed, "name": name,
+                             "path": rel.as_posix(), "caption": caption})
+        return rel.as_posix()
+
+    # -- protocol needs -----------------------------------------------------------------------
+    def build_like(self, train: Split, seed: int) -> ModelPlugin:
+        """A model of the same plugin and recipe, trained on ``train`` (membership reference models)."""
+        if self._build_like is None:
+            raise RuntimeError("this context cannot build reference models")
+        return self._build_like(self.data.with_train(train), seed)

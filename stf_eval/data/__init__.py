@@ -1,0 +1,1 @@
+"""Dataset plugins (one per file) and the data plan that splits them into train/val/test + OOD sets."""

@@ -1,0 +1,50 @@
+"""The one place where record metric names are documented (names follow shared PROTOCOLS.md).
+
+``better``: "higher", "lower" or None (descriptive). The report uses it for arrows and best marks.
+"""
+
+METRICS: dict[str, tuple[str, str | None]] = {
+    # calibration
+    "accuracy": ("Top-1 accuracy of the predictive mean on the test split.", "higher"),
+    "nll": ("Mean negative log-likelihood of the true class under the predictive mean (nats).", "lower"),
+    "brier": ("Multi-class Brier score, sum over classes of squared error, averaged (0..2).", "lower"),
+    "ece": ("Expected calibration error, top-label, 15 equal-width bins (Guo et al. 2017).", "lower"),
+    "ece_adaptive": ("ECE with equal-mass (adaptive) bins.", "lower"),
+    "ece_classwise": ("Classwise ECE (Kull et al. 2019), mean over classes.", "lower"),
+    "mce": ("Maximum calibration error: largest bin gap, equal-width bins.", "lower"),
+    # ood
+    "auroc": ("Area under ROC, in-distribution positive, for an OOD score.", "higher"),
+    "aupr_in": ("Area under precision-recall with in-distribution as positive.", "higher"),
+    "aupr_out": ("Area under precision-recall with OOD as positive.", "higher"),
+    "fpr95": ("Fraction of OOD accepted when 95% of in-distribution is accepted (in = positive).", "lower"),
+    # adversarial
+    "clean_accuracy": ("Accuracy on the unperturbed test examples used for the attack.", "higher"),
+    "robust_accuracy": ("Accuracy on adversarial examples (mean over re-evaluations).", "higher"),
+    "adv_detection_auroc": ("AUROC of separating adversarial from clean inputs by an uncertainty score.",
+                            "higher"),
+    "sanity_check": ("1 if an adversarial-evaluation sanity check passed, 0 if it failed.", "higher"),
+    # membership
+    "mia_auc": ("Area under ROC of the membership-inference attack (0.5 = chance).", "lower"),
+    "mia_balanced_accuracy": ("Best balanced accuracy of the attack over thresholds.", "lower"),
+    "tpr_at_0.1pct_fpr": ("Attack true-positive rate at 0.1% false-positive rate.", "lower"),
+    "tpr_at_1pct_fpr": ("Attack true-positive rate at 1% false-positive rate.", "lower"),
+    "generalization_gap": ("Train accuracy minus test accuracy of the target model.", "lower"),
+    "dp_epsilon": ("Differential-privacy epsilon spent by DP-SGD (at the recorded delta).", "lower"),
+    # efficiency
+    "trainable_params": ("Parameters optimised in the model's (last) training stage.", "lower"),
+    "distribution_params": ("Parameters of variational distributions (mu and rho).", "lower"),
+    "train_seconds": ("Wall-clock seconds of a training stage (see the stage column).", "lower"),
+    "peak_memory_mb": ("Peak memory while training (CUDA max allocated, or CPU peak RSS growth).", "lower"),
+    "latency_ms_per_example": ("Inference latency per example at the evaluation S, milliseconds.", "lower"),
+    "forward_passes_per_prediction": ("Network forward passes needed for one prediction.", "lower"),
+}
+
+
+def better(metric: str) -> str | None:
+    entry = METRICS.get(metric)
+    return entry[1] if entry else None
+
+
+def describe(metric: str) -> str:
+    entry = METRICS.get(metric)
+    return entry[0] if entry else ""

@@ -1,0 +1,1 @@
+"""HTML reports rendered from saved records and figures (never from models)."""
