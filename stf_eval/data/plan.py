@@ -25,7 +25,10 @@ def _stratified_split(y: np.ndarray, fractions: list[float], seed: int) -> list[
             parts.append(np.array([], dtype=np.int64))
             continue
         take = frac / remaining
-        rest, part = train_test_split(rest, test_size=take, random_state=seed, stratify=y[rest])
+        try:
+            rest, part = train_test_split(rest, test_size=take, random_state=seed, stratify=y[rest])
+        except ValueError:  # too few examples per class to stratify (tiny sets): draw uniformly
+            rest, part = train_test_split(rest, test_size=take, random_state=seed)
         parts.append(np.sort(part))
         remaining -= frac
     return [np.sort(rest)] + parts

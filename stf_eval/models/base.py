@@ -125,6 +125,8 @@ class ModelPlugin:
 
     Params = NoParams
     stochastic = False
+    #: parameter overrides that make this model cheap enough for the test matrix (tests/test_matrix.py)
+    tiny: dict = {}
 
     def __init__(self, params, ctx: BuildContext):
         self.params = params if params is not None else self.Params()

@@ -11,6 +11,8 @@ class SuitePlugin:
     Params = NoParams
     #: metric names this suite emits, for documentation and the report (see stf_eval/metrics/names.py)
     metrics: tuple[str, ...] = ()
+    #: parameter overrides that make this suite cheap enough for the test matrix (tests/test_matrix.py)
+    tiny: dict = {}
 
     def __init__(self, params=None, name: str | None = None):
         self.params = params if params is not None else self.Params()
