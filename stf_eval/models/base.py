@@ -28,6 +28,7 @@ from ..config import NetConfig, PluginSpec, TrainConfig
 from ..data.base import DataBundle
 from ..nets.common import build_net
 from ..params import NoParams, as_dict
+from ..profiling import peak_memory
 from ..training import train_deterministic
 
 
@@ -60,14 +61,15 @@ class BuildContext:
         if meta is not None:
             net.to(self.device).eval()
             return float(meta.get("seconds", 0.0)), True, meta
-        seconds, meta = train_fn()
-        meta = {**(meta or {}), "seconds": seconds}
+        with peak_memory(self.device) as mem:
+            seconds, meta = train_fn()
+        meta = {**(meta or {}), "seconds": seconds, "peak_memory_mb": mem.mb, "memory_method": mem.method}
         self.cache.save(key, net, spec, meta)
         net.to(self.device).eval()
         return seconds, False, meta
 
 
-def pretrained_base(ctx: BuildContext, data: DataBundle, seed: int | None = None) -> tuple[nn.Module, float, bool]:
+def pretrained_base(ctx: BuildContext, data: DataBundle, seed: int | None = None) -> tuple[nn.Module, dict]:
     """Stage 1 shared by several models: the deterministic network trained with the file's recipe.
 
     Keyed without the model's own name, so deterministic, stf_bnn, last_layer_bnn, temperature_scaled
@@ -81,8 +83,8 @@ def pretrained_base(ctx: BuildContext, data: DataBundle, seed: int | None = None
     def train():
         return train_deterministic(net, data.train, ctx.train, ctx.device, seed, desc=f"train base s{seed}"), {}
 
-    seconds, cached, _ = ctx.cached(spec, net, train)
-    return net, seconds, cached
+    seconds, cached, meta = ctx.cached(spec, net, train)
+    return net, {**meta, "seconds": seconds, "cached": cached}
 
 
 def count_trainable(module: nn.Module) -> int:
@@ -134,6 +136,8 @@ class ModelPlugin:
         self.device = ctx.device
         self.train_seconds: dict[str, float] = {}
         self.from_cache: dict[str, bool] = {}
+        self.peak_memory_mb: dict[str, float] = {}
+        self.memory_method = ""
         self.extra_records: list[dict] = []  # model-specific figures for the efficiency suite etc.
 
     # -- to implement -------------------------------------------------------------------------
@@ -149,6 +153,23 @@ class ModelPlugin:
         raise NotImplementedError
 
     # -- common -------------------------------------------------------------------------------
+    def record_stage(self, stage: str, meta: dict) -> None:
+        """Keep a training stage's seconds, peak memory and cache status (meta from BuildContext.cached).
+
+        Figures of a stage loaded from the cache are those measured when it was trained.
+        """
+        self.train_seconds[stage] = float(meta.get("seconds", 0.0))
+        self.from_cache[stage] = bool(meta.get("cached", False))
+        if "peak_memory_mb" in meta:
+            self.peak_memory_mb[stage] = float(meta["peak_memory_mb"])
+            self.memory_method = meta.get("memory_method", self.memory_method)
+
+    def run_stage(self, stage: str, spec: dict, net: nn.Module, train_fn) -> nn.Module:
+        """Load ``net`` from the cache or train it with ``train_fn() -> (seconds, meta)``; record the stage."""
+        seconds, cached, meta = self.ctx.cached(spec, net, train_fn)
+        self.record_stage(stage, {**meta, "seconds": seconds, "cached": cached})
+        return net
+
     @property
     def n_samples(self) -> int:
         """Samples S drawn at evaluation (1 for a deterministic model)."""
@@ -195,6 +216,8 @@ class ModelPlugin:
             "total_params": self.total_params(),
             "forward_passes_per_prediction": self.forward_passes_per_prediction(),
             "train_seconds": dict(self.train_seconds),
+            "peak_memory_mb": dict(self.peak_memory_mb),
+            "memory_method": self.memory_method,
             "from_cache": dict(self.from_cache),
         }
 

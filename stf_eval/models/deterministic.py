@@ -15,11 +15,8 @@ class Deterministic(ModelPlugin):
     stochastic = False
 
     def fit(self, data):
-        self.net, seconds, cached = pretrained_base(self.ctx, data)
-        for p in self.net.parameters():
-            p.requires_grad_(True)
-        self.train_seconds["train"] = seconds
-        self.from_cache["train"] = cached
+        self.net, meta = pretrained_base(self.ctx, data)
+        self.record_stage("train", meta)
         return self
 
     def sample_logits(self, x: torch.Tensor, n_samples: int) -> torch.Tensor:
