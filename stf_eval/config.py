@@ -228,7 +228,11 @@ def _build(raw: dict, source: str, overrides: list[str]) -> RunConfig:
     top = parse_params(_TopLevel, raw, "top level")
     data_table = dict(top.data)
     data = parse_params(DataConfig, data_table, "data")
-    DATASETS.get(data.dataset) if data.dataset else None
+    try:
+        dataset_cls = DATASETS.get(data.dataset)
+    except ConfigError as exc:
+        raise ConfigError(f"data.dataset: {exc}") from exc
+    parse_params(dataset_cls.Params, data.options, "data.options")  # options checked before any work
     ood = []
     for set_name, table in data.ood.items():
         where = f"data.ood.{set_name}"
@@ -236,9 +240,10 @@ def _build(raw: dict, source: str, overrides: list[str]) -> RunConfig:
             raise ConfigError(f"{where}: expected a table, got {table!r}")
         oc = parse_params(OodSetConfig, table, where)
         try:
-            DATASETS.get(oc.dataset)
+            ood_cls = DATASETS.get(oc.dataset)
         except ConfigError as exc:
             raise ConfigError(f"{where}.dataset: {exc}") from exc
+        parse_params(ood_cls.Params, oc.options, f"{where}.options")
         ood.append((set_name, oc))
     net = parse_params(NetConfig, top.net, "net")
     if ":" not in net.arch:

@@ -40,6 +40,8 @@ def test_tiny_config_resolves_defaults():
     (tiny_toml(models=""), (), "models: expected at least one"),
     (tiny_toml(extra='\n[data.ood.x]\ndataset = "nope"\n'), (), "data.ood.x.dataset: unknown dataset"),
     (tiny_toml(), ["train"], "expected KEY=VALUE"),
+    (tiny_toml(), ["data.options.roots='x'"], "data.options: unknown key 'roots'"),
+    (tiny_toml(), ["data.dataset='cifar10'", "data.options.download='yes'"], "data.options.download: expected true or false"),
 ])
 def test_bad_input_is_one_clear_line(text, overrides, expected):
     with pytest.raises(ConfigError) as info:
@@ -56,7 +58,7 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_set_overrides_any_key():
-    cfg = load(tiny_toml(), ["train.epochs=2", "seeds=[1, 2]", "data.options.root='/x'",
+    cfg = load(tiny_toml(), ["train.epochs=2", "seeds=[1, 2]", "data.dataset=mnist", "data.options.root='/x'",
                               "models.deterministic.plugin='deterministic'"])
     assert cfg.train.epochs == 2 and cfg.seeds == (1, 2)
     assert cfg.data.options == {"root": "/x"}

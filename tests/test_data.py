@@ -13,7 +13,7 @@ from conftest import tiny_toml
 from stf_eval.config import load_config
 from stf_eval.data.base import check_images, conform
 from stf_eval.data.plan import build_data
-from stf_eval.errors import DataError
+from stf_eval.errors import ConfigError, DataError
 
 
 def test_embedded_mnist5k_split_is_seeded_stratified_and_disjoint():
@@ -110,3 +110,22 @@ def test_conform_and_checks():
         check_images(torch.rand(2, 8, 8), "x")
     with pytest.raises(DataError, match=r"\[0, 1\]"):
         check_images(torch.rand(2, 1, 8, 8) * 255, "x")
+
+
+def test_image_folder_dataset(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog", "eel"):
+        (tmp_path / cls).mkdir()
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    cfg = load_config(text=tiny_toml(), overrides=["data.dataset='image_folder'",
+                                                   f"data.options={{root='{tmp_path}', size=16, channels=1}}",
+                                                   "data.max_train=0", "data.max_test=0"])
+    data = build_data(cfg)
+    assert data.input_shape == (1, 16, 16) and data.num_classes == 3
+    assert data.class_names == ("cat", "dog", "eel")
+    assert len(data.train) + len(data.val) + len(data.test) == 36
+    with pytest.raises(ConfigError, match="data.options.root: expected a folder"):
+        load_config(text=tiny_toml(), overrides=["data.dataset='image_folder'"])
