@@ -1,4 +1,4 @@
-"""Command line: ``stf-eval run | list | report``. Errors are one line on stderr and a non-zero exit."""
+"""Command line: ``stf-eval run | list | report | compare``. Errors are one line on stderr and a non-zero exit."""
 
 from __future__ import annotations
 
@@ -43,6 +43,22 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="re-render the HTML report of a finished run (no recomputation)")
     rep.add_argument("run_dir", help="a run directory holding results.json")
     rep.add_argument("-o", "--output", default=None, help="HTML file to write (default: RUN_DIR/report.html)")
+    rep.add_argument("--figures", choices=("first-seed", "all", "none"), default="first-seed",
+                     help="figures saved by the suites to embed: each model's first seed (default), all, none")
+
+    cmp = sub.add_parser("compare", help="several finished runs side by side in one HTML page",
+                         description="Compare finished runs (e.g. two datasets, CPU and GPU, two seed sets): "
+                                     "the same model, metric and setting side by side, with values that differ "
+                                     "beyond the tolerance, or exist in one run only, marked.")
+    cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding results.json")
+    cmp.add_argument("-o", "--output", default="comparison.html", help="HTML file to write (default: "
+                                                                      "comparison.html)")
+    cmp.add_argument("--abs-tol", type=float, default=0.01,
+                     help="rates and scores in [-1, 1] (accuracy, ECE, AUROC ...) differ if |a-b| > this "
+                          "(default 0.01)")
+    cmp.add_argument("--rel-tol", type=float, default=0.05,
+                     help="NLL, seconds, parameters, memory, latency, epsilon differ if |a-b| > rel_tol * "
+                          "max(|a|, |b|) (default 0.05)")
     return p
 
 
@@ -85,11 +101,19 @@ def main(argv: list[str] | None = None) -> int:
 
             from .report.html import render_run
 
-            print(render_run(Path(args.run_dir), args.output))
+            print(render_run(Path(args.run_dir), args.output, figures=args.figures))
+        elif args.command == "compare":
+            from .report.compare import render_compare
+
+            print(render_compare(args.run_dirs, args.output, rel_tol=args.rel_tol, abs_tol=args.abs_tol))
         else:
             _parser().print_help()
             return 2
     except StfEvalError as exc:
+        if args.verbose:  # the one-line message is for users; -v shows where it came from
+            import traceback
+
+            traceback.print_exc()
         print(f"stf-eval: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

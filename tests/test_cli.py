@@ -29,7 +29,8 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, content, overrides,
     out_dir = tmp_path / "out"
     no_data = tmp_path / "no-data"
     root = f'data.options.root="{no_data}"'
-    res = cli("run", str(suite), "--out", str(out_dir), "--set", root, *overrides)
+    extra = ["--set", root] if "data.dataset=mnist" in overrides else []
+    res = cli("run", str(suite), "--out", str(out_dir), *extra, *overrides)
     assert res.returncode == 2, res.stderr
     err = res.stderr.strip().splitlines()
     assert err and err[-1].startswith("stf-eval: error:") and needle in err[-1]

@@ -1,74 +1,77 @@
-"""Render a run directory's results into one self-contained HTML file (Jinja2, autoescape on)."""
+"""Render a run directory's saved records into one self-contained HTML file (Jinja2, autoescape on).
+
+Reads results.json, config.json, environment.json, splits.json and figures/ only (never models), so
+``stf-eval report RUN_DIR`` re-renders in seconds without recomputing anything.
+"""
 
 from __future__ import annotations
 
-import json
+import time
 from pathlib import Path
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from ..cache import atomic_write_text
-from ..errors import StfEvalError
-from ..metrics.names import better, describe
+from .. import __version__
+from ..errors import ConfigError
+from .headline import headlines
+from .load import load_run, records_frame, write_text
+from .sections import FIGURE_CHOICES, build_sections
+from .stats import fmt
+from .summary import metadata, models_table, records_rows, summary_table, timings_table
+from .verdict import claims_for
 
-HEADLINE = ("accuracy", "nll", "brier", "ece")
-
-
-def _env() -> Environment:
-    return Environment(loader=PackageLoader("stf_eval", "report/templates"),
-                       autoescape=select_autoescape(["html"]))
-
-
-def load_run(run_dir: Path) -> dict:
-    path = run_dir / "results.json"
-    if not path.is_file():
-        raise StfEvalError(f"{run_dir}: no results.json (is this a finished stf-eval run directory?)")
-    results = json.loads(path.read_text())
-    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
-    env = (json.loads((run_dir / "environment.json").read_text())
-           if (run_dir / "environment.json").is_file() else {})
-    return {"results": results, "config": config, "environment": env}
+VERDICT_CLASS = {"supported": "v-yes", "not supported": "v-no", "mixed": "v-mixed",
+                 "not measured in this run": "v-na"}
 
 
-def summary_table(records: list[dict]) -> tuple[list[str], list[dict]]:
-    """Model x headline calibration metric (mean over seeds), with the best per column marked."""
-    import pandas as pd
-
-    df = pd.DataFrame.from_records(records)
-    if df.empty:
-        return [], []
-    df = df[(df["suite"] == "calibration") & df["metric"].isin(HEADLINE)]
-    if df.empty:
-        return [], []
-    pivot = df.groupby(["model", "metric"], sort=False)["value"].mean().unstack("metric")
-    cols = [m for m in HEADLINE if m in pivot.columns]
-    rows = []
-    for model, row in pivot.iterrows():
-        cells = []
-        for m in cols:
-            col = pivot[m]
-            b = better(m)
-            best = (b == "higher" and row[m] == col.max()) or (b == "lower" and row[m] == col.min())
-            cells.append({"value": f"{row[m]:.4f}", "best": bool(best)})
-        rows.append({"model": model, "cells": cells})
-    return cols, rows
+def environment() -> Environment:
+    env = Environment(loader=PackageLoader("stf_eval", "report/templates"),
+                      autoescape=select_autoescape(["html"], default_for_string=True, default=True),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda value, metric="": fmt(value, metric)
+    return env
 
 
-def render_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    run_dir = Path(run_dir)
+def run_context(run_dir: str | Path, figures: str = "first-seed") -> dict:
+    """Everything the run template shows, computed from the saved files.
+
+    ``figures``: which figures the suites saved are embedded: those of each model's first seed
+    (default: per-seed figures mostly repeat each other and dominate the file size), all, or none.
+    """
+    if figures not in FIGURE_CHOICES:
+        raise ConfigError(f"figures: expected one of {', '.join(FIGURE_CHOICES)}, got {figures!r}")
     run = load_run(run_dir)
-    records = run["results"]["records"]
-    cols, rows = summary_table(records)
-    figures = []
-    for fig in run["results"].get("figures", []):
-        path = run_dir / fig["path"]
-        if path.is_file():
-            figures.append({**fig, "svg": path.read_text(encoding="utf-8")})
-    html = _env().get_template("run.html").render(
-        run=run, records=records, headline=cols, summary=rows, figures=figures,
-        arrows={m: {"higher": "\u2191", "lower": "\u2193"}.get(better(m) or "", "") for m in cols},
-        descriptions={m: describe(m) for m in cols},
-    )
-    target = Path(out) if out else run_dir / "report.html"
-    atomic_write_text(target, html)
+    df = records_frame(run)
+    models = run.models()
+    heads = headlines(df, run)
+    return {
+        "run": run,
+        "title": f"stf-eval report: {run.name}",
+        "description": run.config.get("description", ""),
+        "models": models,
+        "n_seeds": len(run.seeds),
+        "summary": summary_table(heads, models, run.plugin_of),
+        "claims": claims_for(run, df, heads, models),
+        "verdict_class": VERDICT_CLASS,
+        "sections": build_sections(run, df, models, figures),
+        "figures_choice": figures,
+        "models_table": models_table(run, models),
+        "timings": timings_table(run),
+        "meta": metadata(run, models),
+        "records": records_rows(df),
+        "version": __version__,
+    }
+
+
+def render_run(run_dir: str | Path, out: str | Path | None = None, figures: str = "first-seed") -> Path:
+    """Write RUN_DIR/report.html (or ``out``); return its path."""
+    start = time.perf_counter()
+    ctx = run_context(run_dir, figures)
+    html = environment().get_template("run.html").render(**ctx, render_seconds=None)
+    target = Path(out) if out else Path(run_dir) / "report.html"
+    write_text(target, html)
+    import logging
+
+    logging.getLogger("stf_eval").info("report %s (%.1f KB) rendered in %.2f s", target, len(html) / 1024,
+                                       time.perf_counter() - start)
     return target
