@@ -1,0 +1,51 @@
+"""Benchmark 4: PGD with EOT on STF-BNN / (S x PGD on the deterministic net).
+
+torchattacks PGD (L-inf, random start) on ``stf_bnn.predictive(S)`` (log of the mean softmax over S
+samples drawn in one batched pass: expectation over transformation in closed form) against the same
+attack on ``deterministic.predictive()``, same examples, eps, steps. Ratio A / (S x B), target <= 1.2.
+
+    python benchmarks/pgd_eot_vs_deterministic.py [--repeats 4] [--examples 200] [--steps 10]
+"""
+
+from __future__ import annotations
+
+from _common import Result, build, environment, interleaved, parser, result, setup, timer
+from mc_prediction_vs_deterministic import stf_params
+
+TARGET = 1.2
+
+
+def main(argv=None) -> list[Result]:
+    p = parser(__doc__.splitlines()[0], repeats=4)
+    p.add_argument("--examples", type=int, default=200, help="test examples attacked in one batch (default: the adversarial suite's batch_size)")
+    p.add_argument("--steps", type=int, default=10, help="PGD steps")
+    p.add_argument("--eps", type=float, default=0.1, help="L-inf radius (images in [0, 1])")
+    p.add_argument("--samples", type=int, default=0, help="S (default: stf_bnn's evaluation S)")
+    args = p.parse_args(argv)
+    import torchattacks
+
+    cfg, data, device = setup(args)
+    det = build("deterministic", cfg, data, device)
+    stf = build("stf_bnn", cfg, data, device, **stf_params(cfg))
+    s = args.samples or stf.n_samples
+    x = data.test.x[:args.examples].to(device)
+    y = data.test.y[:args.examples].to(device)
+
+    def pgd(predictive):
+        return torchattacks.PGD(predictive, eps=args.eps, alpha=2.5 * args.eps / args.steps, steps=args.steps,
+                                random_start=True)
+
+    attack_stf, attack_det = pgd(stf.predictive(s)), pgd(det.predictive())
+    t_stf, t_det = interleaved([timer(lambda: attack_stf(x, y), device), timer(lambda: attack_det(x, y), device)],
+                               args.repeats, warmup=1, label="bench4 (A PGD-EOT on stf, B PGD on deterministic)", scale_b=s)
+    details = {"S": s, "attack": f"torchattacks PGD, eps {args.eps}, {args.steps} steps, random start, "
+                                 f"{len(x)} test examples in one batch",
+               "environment": environment()}
+    return [result("4 PGD with EOT on STF-BNN vs S x PGD on the deterministic net",
+                   "PGD time on stf_bnn.predictive(S) / (S x PGD time on deterministic)", TARGET, t_stf, t_det,
+                   scale_b=float(s), details=details)]
+
+
+if __name__ == "__main__":
+    for r in main():
+        r.report()

@@ -1,0 +1,67 @@
+"""Run the four speed benchmarks one after the other and print a summary table of their ratios.
+
+    python benchmarks/run_all.py [--threads 2] [--device cpu] [--cache-dir DIR] [--only 1,2,3,4]
+
+Each benchmark prints its repetitions (stderr) and its details; the table at the end gives each
+ratio's median with min and max over the repetitions, and whether it meets its target. Benchmark 3
+needs bayesian-torch (pip install bayesian-torch); without it, its row says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+BENCHMARKS = {
+    "1": "svi_epoch_vs_full_bnn",
+    "2": "mc_prediction_vs_deterministic",
+    "3": "variational_conv_vs_bayesian_torch",
+    "4": "pgd_eot_vs_deterministic",
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", default="1,2,3,4", help="comma-separated benchmark numbers (default all)")
+    p.add_argument("--threads", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--cache-dir", default=None)
+    args = p.parse_args(argv)
+    forwarded = []
+    for flag, value in (("--threads", args.threads), ("--device", args.device), ("--cache-dir", args.cache_dir)):
+        if value is not None:
+            forwarded += [flag, str(value)]
+    results, skipped = [], []
+    for number in [n.strip() for n in args.only.split(",") if n.strip()]:
+        module = importlib.import_module(BENCHMARKS[number])
+        print(f"\n== benchmark {number}: {module.__doc__.splitlines()[0]}", flush=True)
+        start = time.perf_counter()
+        try:
+            got = module.main(forwarded)
+        except SystemExit as exc:  # a missing optional dependency: say so, carry on
+            skipped.append((number, str(exc.code)))
+            print(f"skipped: {exc.code}", flush=True)
+            continue
+        for r in got:
+            r.report()
+        print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+        results += got
+    print("\n== summary (ratio A/B per repetition: median [min, max]; lower is faster)")
+    width = max([len(r.name) for r in results] + [20])
+    print(f"{'benchmark'.ljust(width)}  {'median':>7}  {'min':>6}  {'max':>6}  {'target':>7}  result")
+    for r in results:
+        print(f"{r.name.ljust(width)}  {r.median:7.3f}  {min(r.ratios):6.3f}  {max(r.ratios):6.3f}  "
+              f"{'<= ' + str(r.target):>7}  {'met' if r.passed else 'MISSED'}")
+    for number, why in skipped:
+        print(f"{('benchmark ' + number).ljust(width)}  skipped: {why.splitlines()[0]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Benchmark 1: STF-BNN stage-2 (SVI) epoch time / full-BNN epoch time, same network and data.
+
+Both are the registered model plugins fitted for one epoch on suites/quick.toml's mnist5k training
+split with its LeNet and batch size; the seconds are those the plugins' own training stages measure
+(``model.train_seconds``: stf_bnn's "svi" stage, full_bnn's "train" stage). STF-BNN's pretrained base
+comes from the checkpoint cache (trained once, on the first run); its SVI stage and the full BNN are
+never loaded from the cache, so every repetition trains afresh. Ratio A/B, target <= 0.5.
+
+    python benchmarks/svi_epoch_vs_full_bnn.py [--repeats 5] [--threads 2]
+"""
+
+from __future__ import annotations
+
+from _common import Result, build, environment, interleaved, parser, result, setup
+from mc_prediction_vs_deterministic import stf_params
+
+TARGET = 0.5
+
+
+def base_only_cache(root):
+    """A checkpoint cache that serves and stores only networks without variational layers (the
+    pretrained base), so the stage under test always trains."""
+    from stf_eval.bayes import variational_layers
+    from stf_eval.cache import CheckpointCache
+
+    class BaseOnly(CheckpointCache):
+        def load(self, key, module):
+            return None if variational_layers(module) else super().load(key, module)
+
+        def save(self, key, module, spec, meta):
+            if not variational_layers(module):
+                super().save(key, module, spec, meta)
+
+    return BaseOnly(root)
+
+
+def main(argv=None) -> list[Result]:
+    args = parser(__doc__.splitlines()[0], repeats=5).parse_args(argv)
+    cfg, data, device = setup(args)
+    stf_kw = {**stf_params(cfg), "svi_epochs": 1}
+    full_kw = {"epochs": 1}
+    cache = base_only_cache(cfg.cache_dir)
+    build("deterministic", cfg, data, device)  # the pretrained base, trained once (and cached)
+
+    def fitted(name, **params):
+        return build(name, cfg, data, device, cache=cache, **params)
+
+    last = {}
+
+    def stf_epoch() -> float:
+        model = last["stf"] = fitted("stf_bnn", **stf_kw)
+        assert not model.from_cache["svi"]
+        return model.train_seconds["svi"]
+
+    def full_epoch() -> float:
+        model = last["full"] = build("full_bnn", cfg, data, device, cache=None, **full_kw)
+        assert not model.from_cache["train"]
+        return model.train_seconds["train"]
+
+    t_stf, t_full = interleaved([stf_epoch, full_epoch], args.repeats, warmup=1,
+                                label="bench1 (A stf_bnn svi epoch, B full_bnn epoch)")
+    stf, full = last["stf"], last["full"]
+    details = {"network": f"{cfg.net.arch} {dict(cfg.net.options)}",
+               "epoch": f"{len(data.train)} examples of {data.name}, batch {cfg.train.batch_size}",
+               "trainable parameters": f"stf_bnn svi {stf.trainable_params()} "
+                                       f"(layers {stf.converted}), full_bnn {full.trainable_params()}",
+               "environment": environment()}
+    return [result("1 STF-BNN SVI epoch vs full-BNN epoch", "stf_bnn svi epoch / full_bnn epoch", TARGET,
+                   t_stf, t_full, details=details)]
+
+
+if __name__ == "__main__":
+    for r in main():
+        r.report()

@@ -1,0 +1,135 @@
+"""Efficiency suite: its records are complete and agree with counts made independently here.
+
+No timing assertions beyond "positive": timings are benchmarks (benchmarks/), not tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from stf_eval.context import EvalContext
+from stf_eval.params import parse_params
+from stf_eval.registry import MODELS, SUITES
+from stf_eval.suites.efficiency import CACHED_NOTE
+
+
+def _run_suite(model, data, tmp_path, name="m", **overrides):
+    cls = SUITES.get("efficiency")
+    params = parse_params(cls.Params, {**cls.tiny, **overrides}, "efficiency")
+    ctx = EvalContext(model_name=name, model=model, data=data, seed=0, run_dir=tmp_path, device=model.device)
+    ctx.suite = "efficiency"
+    cls(params, "efficiency").run(model, data, ctx)
+    return ctx
+
+
+def _values(ctx, metric):
+    return {r["stage"]: r for r in ctx.records if r["metric"] == metric}
+
+
+def _one(ctx, metric):
+    rows = [r for r in ctx.records if r["metric"] == metric]
+    assert len(rows) == 1, rows
+    return rows[0]["value"]
+
+
+def test_deterministic_records_are_complete_and_sane(fitted_models, tiny_data, tmp_path):
+    model = fitted_models("deterministic")
+    ctx = _run_suite(model, tiny_data, tmp_path)
+    n_weights = sum(p.numel() for p in model.net.parameters())
+    assert _one(ctx, "trainable_params") == n_weights
+    assert _one(ctx, "total_params") == n_weights
+    assert _one(ctx, "distribution_params") == 0
+    assert _one(ctx, "forward_passes_per_prediction") == 1
+    latency = [r for r in ctx.records if r["metric"] == "latency_ms_per_example"]
+    assert len(latency) == 1 and latency[0]["value"] > 0 and latency[0]["n"] == 16
+    assert "S=1" in latency[0]["note"]
+
+    seconds = _values(ctx, "train_seconds")
+    assert set(seconds) == {"train", "total"}
+    assert seconds["train"]["value"] > 0
+    assert seconds["total"]["value"] == pytest.approx(sum(v["value"] for s, v in seconds.items() if s != "total"))
+    memory = _values(ctx, "peak_memory_mb")
+    assert set(memory) == {"train", "total"}
+    assert all(r["value"] >= 0 and r["note"].startswith("cpu_peak_rss_growth") for r in memory.values())
+    for row in ctx.records:
+        assert row["suite"] == "efficiency" and math.isfinite(row["value"])
+    assert [f["name"] for f in ctx.figures] == ["efficiency"]
+    assert (tmp_path / ctx.figures[0]["path"]).read_text().lstrip().startswith("<?xml")
+
+
+def test_stage_figures_from_the_cache_are_marked(fitted_models, tiny_cfg, tiny_data, tmp_path):
+    from stf_eval.cache import CheckpointCache
+    from stf_eval.config import PluginSpec
+    from stf_eval.runner import build_model
+
+    first = fitted_models("deterministic")  # trained (or loaded) once per session
+    spec = PluginSpec(name="deterministic", plugin="deterministic", params=MODELS.get("deterministic").Params())
+    again = build_model(spec, tiny_cfg, tiny_data, 0, torch.device("cpu"), CheckpointCache(tiny_cfg.cache_dir))
+    assert again.from_cache == {"train": True}
+    ctx = _run_suite(again, tiny_data, tmp_path, figure=False)
+    row = _values(ctx, "train_seconds")["train"]
+    assert row["note"] == CACHED_NOTE
+    assert row["value"] == pytest.approx(first.train_seconds["train"])  # the originally measured seconds
+    assert CACHED_NOTE in _values(ctx, "peak_memory_mb")["train"]["note"]
+    assert any("checkpoint cache" in n["text"] for n in ctx.notes)
+    assert not ctx.figures
+
+
+def test_latency_uses_the_evaluation_samples(fitted_models, tiny_data, monkeypatch):
+    """Latency times predict_samples at the evaluation S on a fixed batch (extra passes, not memoised)."""
+    from stf_eval.suites.efficiency import measure_latency
+
+    model = fitted_models("deterministic")
+    calls = []
+    original = model.predict_samples
+
+    def spy(x, n_samples=None, batch_size=None):
+        calls.append((x.shape[0], n_samples))
+        return original(x, n_samples, batch_size)
+
+    monkeypatch.setattr(model, "predict_samples", spy)
+    times = measure_latency(model, tiny_data.test.x[:10], repeats=3, warmup=2)
+    assert len(times) == 3 and all(t > 0 for t in times)
+    assert calls == [(10, None)] * 5
+
+
+def test_bad_params_are_refused():
+    from stf_eval.errors import ConfigError
+
+    cls = SUITES.get("efficiency")
+    with pytest.raises(ConfigError, match="latency_repeats"):
+        parse_params(cls.Params, {"latency_repeats": 0}, "suites.efficiency")
+
+
+STOCHASTIC = [name for name in ("stf_bnn", "full_bnn", "mc_dropout", "deep_ensemble", "last_layer_bnn")
+              if name in MODELS.names()]
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_stochastic_models_count_their_forward_passes(name, fitted_models, tiny_data, tmp_path):
+    model = fitted_models(name)
+    ctx = _run_suite(model, tiny_data, tmp_path, name=name, figure=False)
+    assert _one(ctx, "forward_passes_per_prediction") == model.n_samples
+    assert model.n_samples > 1
+    latency = [r for r in ctx.records if r["metric"] == "latency_ms_per_example"][0]
+    assert latency["value"] > 0 and f"S={model.n_samples}" in latency["note"]
+    assert "total" in _values(ctx, "train_seconds")
+
+
+@pytest.mark.skipif("stf_bnn" not in MODELS.names(), reason="stf_bnn is not registered")
+def test_stf_bnn_counts_only_its_variational_first_layer(fitted_models, tiny_data, tmp_path):
+    from stf_eval.bayes import variational_layers
+
+    model = fitted_models("stf_bnn")
+    ctx = _run_suite(model, tiny_data, tmp_path, name="stf_bnn", figure=False)
+    (layer,) = variational_layers(model.net)
+    weights = layer.weight_mu.numel() + (layer.bias_mu.numel() if layer.bias_mu is not None else 0)
+    assert _one(ctx, "distribution_params") == 2 * weights  # one mu and one rho per weight
+    assert _one(ctx, "trainable_params") == 2 * weights  # stage 2 optimises q only, the rest is frozen
+    assert _one(ctx, "total_params") == sum(p.numel() for p in model.net.parameters())
+    seconds = _values(ctx, "train_seconds")
+    assert {"pretrain", "svi", "total"} <= set(seconds)
+    assert seconds["total"]["value"] == pytest.approx(seconds["pretrain"]["value"] + seconds["svi"]["value"])
