@@ -23,6 +23,16 @@ test_fraction = 0.3
 max_train = 600
 max_test = 300
 
+[data.ood.uniform_noise]
+dataset = "uniform_noise"
+group = "far"
+size = 100
+
+[data.ood.rotated_digits]
+dataset = "rotated_digits"
+group = "near"
+size = 100
+
 [net]
 arch = "lenet"
 options = {{ channels = [6, 12], hidden = 32 }}

@@ -41,10 +41,10 @@ def _cap(idx: np.ndarray, cap: int, seed: int) -> np.ndarray:
     return idx
 
 
-def load_dataset(name: str, options: dict, where: str, like=None, size=None, seed=0):
+def load_dataset(name: str, options: dict, where: str, like=None, size=None, seed=0, **extra):
     plugin_cls = DATASETS.get(name)
     params = parse_params(plugin_cls.Params, options, f"{where}.options")
-    return plugin_cls(params).load(like=like, size=size, seed=seed)
+    return plugin_cls(params).load(like=like, size=size, seed=seed, **extra)
 
 
 def build_data(cfg: RunConfig) -> DataBundle:
@@ -86,7 +86,12 @@ def build_data(cfg: RunConfig) -> DataBundle:
     ood = {}
     for i, (set_name, oc) in enumerate(cfg.ood):
         where = f"data.ood.{set_name}"
-        got = load_dataset(oc.dataset, oc.options, where, like=shape, size=oc.size, seed=seed + 101 + i)
+        extra = {}
+        if getattr(DATASETS.get(oc.dataset), "needs_id_pool", False):
+            # sets derived from in-distribution images (rotated digits) draw from train and val, never test
+            extra["pool"] = Split(torch.cat([train.x, val.x]), torch.cat([train.y, val.y]))
+        got = load_dataset(oc.dataset, oc.options, where, like=shape, size=oc.size, seed=seed + 101 + i,
+                           **extra)
         x = got.x_test if got.x_test is not None else got.x
         x = conform(x, shape)
         if len(x) > oc.size:

@@ -1,0 +1,120 @@
+"""OOD-detection suite (OpenOOD v1.5 conventions): separate the test split from each OOD set by an
+uncertainty score; AUROC, AUPR-in, AUPR-out and FPR@95TPR per set and score, near/far group means."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..metrics.ood import SCORES, ood_metrics, ood_scores
+from ..params import require
+from ..registry import SUITES
+from .base import SuitePlugin
+
+METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
+GROUPS = ("near", "far")
+
+
+@dataclass(frozen=True)
+class OodParams:
+    scores: tuple[str, ...] = tuple(SCORES)  # msp, entropy, mutual_information, energy
+    sets: tuple[str, ...] = ()  # names of [data.ood.NAME] sets to use; empty = all of them
+    histogram_bins: int = 40  # bins of the score histograms in the figure
+
+    def check(self) -> None:
+        require(len(self.scores) > 0, "scores", "a non-empty list", list(self.scores))
+        for s in self.scores:
+            require(s in SCORES, "scores", f"names among {', '.join(SCORES)}", s)
+        require(len(set(self.scores)) == len(self.scores), "scores", "distinct names", list(self.scores))
+        require(self.histogram_bins >= 5, "histogram_bins", "an integer >= 5", self.histogram_bins)
+
+
+@SUITES.register("ood")
+class OodDetection(SuitePlugin):
+    """AUROC, AUPR-in/out, FPR@95TPR of test (in-dist., positive) vs each OOD set; near/far means.
+
+    Scores: max softmax probability, entropy, mutual information, energy (higher = in-distribution)."""
+
+    Params = OodParams
+    metrics = METRICS
+
+    def _sets(self, data) -> list[str]:
+        if not self.params.sets:
+            return list(data.ood)
+        missing = [s for s in self.params.sets if s not in data.ood]
+        if missing:
+            known = ", ".join(data.ood) or "none"
+            raise ConfigError(f"suites.{self.name}.sets: no OOD set {missing[0]!r} in [data.ood] (configured: {known})")
+        return list(self.params.sets)
+
+    def skip_reason(self, model, data) -> str | None:
+        if not self._sets(data):
+            return "no OOD sets configured (add [data.ood.NAME] tables with a dataset and a group)"
+        return None
+
+    def run(self, model, data, ctx) -> None:
+        id_logits = ctx.samples("test")
+        scores = list(self.params.scores)
+        if id_logits.shape[0] == 1 and "mutual_information" in scores:
+            scores.remove("mutual_information")
+            ctx.note("mutual_information not recorded: it is identically 0 for a single-sample (S = 1) "
+                     "predictive and carries no information.")
+        if not scores:
+            ctx.note("no score left to evaluate")
+            return
+        score_in = ood_scores(id_logits, scores)
+        per_set: dict[str, dict[str, dict[str, float]]] = {}
+        score_out: dict[str, dict[str, np.ndarray]] = {}
+        for name in self._sets(data):
+            ood = data.ood[name]
+            score_out[name] = ood_scores(ctx.samples(f"ood:{name}"), scores)
+            per_set[name] = {}
+            for score in scores:
+                values = ood_metrics(score_in[score], score_out[name][score])
+                per_set[name][score] = values
+                for metric, value in values.items():
+                    ctx.record(metric, value, ood_set=name, score=score, group=ood.group, n=len(ood.x))
+        for group in GROUPS:
+            members = [n for n in per_set if data.ood[n].group == group]
+            if not members:
+                continue
+            for score in scores:
+                for metric in METRICS:
+                    ctx.record(metric, np.mean([per_set[n][score][metric] for n in members]),
+                               ood_set=f"{group}_mean", score=score, group=group, n=len(members),
+                               note=f"mean over {group} sets: {', '.join(members)}")
+        ctx.note(
+            f"in-distribution = the test split ({id_logits.shape[1]} examples), the positive class. Every "
+            "score is oriented so that higher = more in-distribution (entropy and mutual_information are "
+            "negated). fpr95 = fraction of an OOD set accepted (score >= threshold) at the highest "
+            "threshold accepting >= 95% of the test split. aupr_* integrate the precision-recall curve "
+            "with the trapezoid rule (OpenOOD v1.5). ood_set = near_mean / far_mean rows average the sets "
+            "of that group (n = number of sets)."
+        )
+        self._figure(ctx, scores, score_in, score_out, per_set, data)
+
+    def _figure(self, ctx, scores, score_in, score_out, per_set, data) -> None:
+        from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing global
+
+        fig = Figure(figsize=(4.2 * len(scores), 3.4))
+        axes = np.atleast_1d(fig.subplots(1, len(scores)))
+        for ax, score in zip(axes, scores):
+            everything = np.concatenate([score_in[score], *[s[score] for s in score_out.values()]])
+            lo, hi = np.percentile(everything, [0.5, 100])  # clip the far low tail (energy of noise)
+            if hi <= lo:
+                lo, hi = lo - 0.5, hi + 0.5
+            edges = np.linspace(lo, hi, self.params.histogram_bins + 1)
+            ax.hist(np.clip(score_in[score], lo, hi), bins=edges, density=True, color="grey", alpha=0.5,
+                    label=f"test (in-dist., {len(score_in[score])})")
+            for name, values in score_out.items():
+                ax.hist(np.clip(values[score], lo, hi), bins=edges, density=True, histtype="step", lw=1.4,
+                        label=f"{name} ({data.ood[name].group}), AUROC {per_set[name][score]['auroc']:.3f}")
+            ax.set_xlabel(f"{score} (higher = more in-distribution)")
+            ax.set_ylabel("density")
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{ctx.model_name}: OOD score histograms", fontsize=10)
+        fig.tight_layout()
+        ctx.save_figure(fig, "scores", f"Histograms of each OOD score of {ctx.model_name}: the test split "
+                        "against every OOD set (values below the 0.5th percentile drawn at the edge).")
