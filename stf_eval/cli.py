@@ -116,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"stf-eval: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:  # a bug, not bad input: still one line unless -v asks for the traceback
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"stf-eval: internal error: {type(exc).__name__}: {exc} (rerun with -v for the traceback)",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("stf-eval: interrupted (finished cells are kept; rerun with --resume)", file=sys.stderr)
         return 130

@@ -244,3 +244,16 @@ def test_real_tiny_run_report(tmp_path, cache_dir):
     seconds = time.perf_counter() - start
     print(f"tiny real report re-rendered in {seconds:.2f} s")
     assert (tmp_path / "again.html").read_text().count("data:image/svg+xml") >= 1
+
+
+@pytest.mark.parametrize("dropped", ["adversarial", "membership", "ood", "efficiency"])
+def test_report_renders_when_a_suite_is_absent(tmp_path, dropped):
+    """A run without some suite (e.g. calibration + OOD only) renders, its verdict 'not measured'."""
+    import json
+
+    run_dir = write_synthetic_run(tmp_path / "run")
+    results = json.loads((run_dir / "results.json").read_text())
+    results["records"] = [r for r in results["records"] if r["suite"] != dropped]
+    (run_dir / "results.json").write_text(json.dumps(results))
+    html = render_run(run_dir).read_text()
+    assert "Verdict" in html

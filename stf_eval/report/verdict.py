@@ -180,7 +180,8 @@ def _claims_of(run, df, heads, models, plugins, stf) -> list[Claim]:
     # (2) adversarial robustness
     c2 = claims[1]
     rob = df[(df["metric"] == "robust_accuracy") & (df["attack"] != "") & (df["eps"] != "")]
-    rob = rob[rob["eps"].map(lambda e: float(e) > 0)]
+    # .loc with a bool mask: on an empty frame a plain [] would read an object Series as column names
+    rob = rob.loc[rob["eps"].map(lambda e: float(e) > 0).astype(bool)]
     stats = seed_stats(worst_case(rob, ["model", "seed", "eps"], "min"), ["eps", "model"])
     for eps in sorted({k[0] for k in stats}, key=float):
         attacks = ", ".join(map(str, dict.fromkeys(rob[rob["eps"] == eps]["attack"])))
