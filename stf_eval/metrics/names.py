@@ -20,6 +20,8 @@ METRICS: dict[str, tuple[str, str | None]] = {
     # adversarial
     "clean_accuracy": ("Accuracy on the unperturbed test examples used for the attack.", "higher"),
     "robust_accuracy": ("Accuracy on adversarial examples (mean over re-evaluations).", "higher"),
+    "robust_accuracy_std": ("Standard deviation of robust_accuracy over the R re-evaluations with fresh "
+                            "samples (0 for deterministic models).", None),
     "adv_detection_auroc": ("AUROC of separating adversarial from clean inputs by an uncertainty score.",
                             "higher"),
     "sanity_check": ("1 if an adversarial-evaluation sanity check passed, 0 if it failed.", "higher"),
@@ -30,9 +32,12 @@ METRICS: dict[str, tuple[str, str | None]] = {
     "tpr_at_1pct_fpr": ("Attack true-positive rate at 1% false-positive rate.", "lower"),
     "generalization_gap": ("Train accuracy minus test accuracy of the target model.", "lower"),
     "dp_epsilon": ("Differential-privacy epsilon spent by DP-SGD (at the recorded delta).", "lower"),
+    "mia_reference_seconds": ("Wall seconds the membership suite spent training (or loading) and querying "
+                              "its reference models for one model.", None),
     # efficiency
     "trainable_params": ("Parameters optimised in the model's (last) training stage.", "lower"),
     "distribution_params": ("Parameters of variational distributions (mu and rho).", "lower"),
+    "total_params": ("All parameters held by the model's networks (trainable or frozen).", "lower"),
     "train_seconds": ("Wall-clock seconds of a training stage (see the stage column).", "lower"),
     "peak_memory_mb": ("Peak memory while training (CUDA max allocated, or CPU peak RSS growth).", "lower"),
     "latency_ms_per_example": ("Inference latency per example at the evaluation S, milliseconds.", "lower"),

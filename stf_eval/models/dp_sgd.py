@@ -1,0 +1,151 @@
+"""DP-SGD baseline (Abadi et al. 2016) trained with opacus: per-example clipping plus Gaussian noise.
+
+opacus leaves hooks on the module it wraps, and attacking that module afterwards breaks, so the
+model evaluates a *clean copy*: a fresh network of the same (opacus-fixed) architecture holding the
+trained weights. That clean network is what the checkpoint cache stores; the privacy budget spent
+(epsilon at the recorded delta) is stored in the cache metadata, so a cache hit still knows it.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..params import as_dict, require
+from ..registry import MODELS
+from .base import Capabilities, ModelPlugin
+
+GRAD_SAMPLE_PREFIX = "_module."  # opacus' GradSampleModule stores the wrapped net under this name
+# expected and harmless here: no secure RNG (seeded runs), hooks on the input layer, RDP order range
+QUIET_OPACUS_WARNINGS = ("Secure RNG turned off", "Full backward hook is firing",
+                         "Optimal order is the largest")
+
+
+@dataclass(frozen=True)
+class DpSgdParams:
+    target_epsilon: float = 8.0  # privacy budget the noise multiplier is solved for
+    delta: float = 0.0  # 0 = automatic: min(1e-5, 1 / N_train)
+    max_grad_norm: float = 1.0  # per-example gradient clipping bound C
+    epochs: int = 10
+    lr: float = 0.1
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = 0.9  # sgd only
+    batch_size: int = 256  # expected batch size (Poisson sampling with rate batch_size / N_train)
+    accountant: Literal["prv", "rdp"] = "prv"  # opacus' privacy accountant
+
+    def check(self) -> None:
+        require(self.target_epsilon > 0, "target_epsilon", "a positive number", self.target_epsilon)
+        require(0.0 <= self.delta < 1.0, "delta", "0 (automatic) or a number in (0, 1)", self.delta)
+        require(self.max_grad_norm > 0, "max_grad_norm", "a positive number", self.max_grad_norm)
+        require(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
+        require(self.lr > 0, "lr", "a positive number", self.lr)
+        require(0.0 <= self.momentum < 1.0, "momentum", "a number in [0, 1)", self.momentum)
+        require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+
+
+def dp_compatible_net(net: nn.Module) -> nn.Module:
+    """The net with layers DP-SGD cannot train per example (batch-norm) replaced (GroupNorm)."""
+    from opacus.validators import ModuleValidator
+
+    fixed = ModuleValidator.fix(net)
+    errors = ModuleValidator.validate(fixed, strict=False)
+    if errors:
+        raise ConfigError(f"models.dp_sgd: the network cannot be trained with DP-SGD: {errors[0]}")
+    return fixed
+
+
+def clean_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict of an opacus-wrapped module with the GradSampleModule prefix stripped."""
+    n = len(GRAD_SAMPLE_PREFIX)
+    return {(k[n:] if k.startswith(GRAD_SAMPLE_PREFIX) else k): v.detach().clone()
+            for k, v in module.state_dict().items()}
+
+
+@MODELS.register("dp_sgd")
+class DpSgd(ModelPlugin):
+    """The [net] architecture trained with DP-SGD (opacus) to a target (epsilon, delta)."""
+
+    Params = DpSgdParams
+    stochastic = False
+    tiny = {"epochs": 3, "batch_size": 64, "target_epsilon": 8.0, "accountant": "rdp"}  # rdp: faster search
+
+    def fit(self, data):
+        p = self.params
+        n_train = len(data.train)
+        self.delta = p.delta or min(1e-5, 1.0 / n_train)
+        torch.manual_seed(self.ctx.seed)
+        # the architecture opacus can train; the evaluated net is a fresh instance of it
+        self.net = dp_compatible_net(self.ctx.new_net(data))
+        spec = self.ctx.key_spec(data, kind="dp_sgd", params=as_dict(p), delta=self.delta)
+
+        def train():
+            return self._train_private(data, n_train)
+
+        seconds, cached, meta = self.ctx.cached(spec, self.net, train)
+        self.record_stage("train", {**meta, "seconds": seconds, "cached": cached})
+        self.epsilon = float(meta["dp_epsilon"])
+        self.noise_multiplier = float(meta["noise_multiplier"])
+        self.net.eval()
+        return self
+
+    def _train_private(self, data, n_train: int) -> tuple[float, dict]:
+        from opacus import PrivacyEngine
+        from torch.utils.data import DataLoader, TensorDataset
+
+        p, device, seed = self.params, self.device, self.ctx.seed
+        work = dp_compatible_net(self.ctx.new_net(data))  # the copy opacus wraps (and leaves hooks on)
+        work.load_state_dict(self.net.state_dict())  # same initialisation as the clean net
+        work.to(device).train()
+        if p.optimizer == "sgd":
+            opt = torch.optim.SGD(work.parameters(), lr=p.lr, momentum=p.momentum)
+        else:
+            opt = torch.optim.Adam(work.parameters(), lr=p.lr)
+        loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=min(p.batch_size, n_train),
+                            shuffle=True, generator=torch.Generator().manual_seed(seed))
+        with warnings.catch_warnings():
+            for message in QUIET_OPACUS_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            start = time.perf_counter()  # the noise-multiplier search is part of the training cost
+            engine = PrivacyEngine(accountant=p.accountant)
+            private, opt, loader = engine.make_private_with_epsilon(
+                module=work, optimizer=opt, data_loader=loader, target_epsilon=p.target_epsilon,
+                target_delta=self.delta, epochs=p.epochs, max_grad_norm=p.max_grad_norm,
+                noise_generator=torch.Generator(device=device).manual_seed(seed + 1))
+            for _ in range(p.epochs):
+                for xb, yb in loader:
+                    xb, yb = xb.to(device), yb.to(device)
+                    opt.zero_grad(set_to_none=True)
+                    # mean over the batch; an empty Poisson batch gives 0 (its noisy step still happens)
+                    loss = F.cross_entropy(private(xb), yb, reduction="sum") / max(len(yb), 1)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"dp_sgd: training loss became {loss.item()}")
+                    loss.backward()
+                    opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - start
+            epsilon = float(engine.get_epsilon(self.delta))
+        self.net.load_state_dict(clean_state_dict(private))
+        meta = {"dp_epsilon": epsilon, "dp_delta": self.delta, "accountant": p.accountant,
+                "noise_multiplier": float(opt.noise_multiplier)}
+        return seconds, meta
+
+    def sample_logits(self, x: torch.Tensor, n_samples: int) -> torch.Tensor:
+        return self.net(x).unsqueeze(0)
+
+    def networks(self):
+        return [self.net]
+
+    def capabilities(self) -> Capabilities:
+        caps = super().capabilities()
+        caps.notes.update({"dp_epsilon": self.epsilon, "dp_delta": self.delta,
+                           "noise_multiplier": self.noise_multiplier,
+                           "accountant": self.params.accountant})
+        return caps

@@ -1,0 +1,87 @@
+"""MC dropout (Gal & Ghahramani 2016): a network trained with dropout that keeps dropping at test time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..bayes import replace_module, sample_logits, traced_calls
+from ..errors import ConfigError
+from ..params import as_dict, require
+from ..registry import MODELS
+from ..training import train_deterministic
+from .base import ModelPlugin
+
+
+class AlwaysDropout(nn.Module):
+    """Dropout that samples in eval mode too (MC dropout must keep sampling after ``.eval()``)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, self.p, training=True)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def insert_dropout(net: nn.Module, placement: str, p: float, example_input: torch.Tensor) -> nn.Module:
+    """Put ``AlwaysDropout(p)`` after every nn.ReLU ("hidden") or before the last layer applied ("last")."""
+    if placement == "hidden":
+        relus = [name for name, m in net.named_modules() if isinstance(m, nn.ReLU)]
+        if not relus:
+            raise ConfigError("mc_dropout.placement 'hidden': the network has no nn.ReLU module; use 'last'")
+        for name in relus:
+            replace_module(net, name, nn.Sequential(net.get_submodule(name), AlwaysDropout(p)))
+    else:
+        calls = traced_calls(net, example_input)
+        if not calls:
+            raise ConfigError("mc_dropout: the network applies no Conv2d or Linear layer")
+        replace_module(net, calls[-1], nn.Sequential(AlwaysDropout(p), net.get_submodule(calls[-1])))
+    return net
+
+
+@dataclass(frozen=True)
+class McDropoutParams:
+    p: float = 0.2  # dropout rate
+    placement: Literal["hidden", "last"] = "hidden"  # after every ReLU, or before the output layer
+    test_samples: int = 16  # S at evaluation
+
+    def check(self) -> None:
+        require(0.0 < self.p < 1.0, "p", "a number in (0, 1)", self.p)
+        require(self.test_samples >= 1, "test_samples", "an integer >= 1", self.test_samples)
+
+
+@MODELS.register("mc_dropout")
+class McDropout(ModelPlugin):
+    """Trained with the [net]/[train] recipe plus dropout; predictions average S dropout masks."""
+
+    Params = McDropoutParams
+    stochastic = True
+    tiny = {"test_samples": 4}
+
+    def fit(self, data):
+        torch.manual_seed(self.ctx.seed)
+        net = self.ctx.new_net(data)
+        self.net = insert_dropout(net, self.params.placement, self.params.p, data.train.x[:1]).to(self.device)
+        key_params = {k: v for k, v in as_dict(self.params).items() if k != "test_samples"}
+        spec = self.ctx.key_spec(data, kind="mc_dropout", params=key_params)
+
+        def train():
+            return train_deterministic(self.net, data.train, self.ctx.train, self.device, self.ctx.seed,
+                                       desc=f"train mc_dropout s{self.ctx.seed}"), {}
+
+        self.run_stage("train", spec, self.net, train)
+        return self
+
+    def sample_logits(self, x: torch.Tensor, n_samples: int) -> torch.Tensor:
+        return sample_logits(self.net, x, n_samples)  # one expanded pass; dropout draws a mask per row
+
+    def networks(self):
+        return [self.net]

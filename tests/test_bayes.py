@@ -1,0 +1,222 @@
+"""Variational layers, the converter, KL and the S-sample pass (stf_eval.bayes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stf_eval.bayes import (
+    ElboLoss,
+    VariationalConv2d,
+    VariationalInit,
+    VariationalLinear,
+    convert,
+    distribution_param_count,
+    kl_divergence,
+    sample_logits,
+    trace_call_order,
+    variational_layers,
+)
+from stf_eval.errors import ConfigError
+from stf_eval.nets.common import Normalize
+from stf_eval.nets.lenet import lenet
+from stf_eval.training import fit
+
+
+def small_net(batch_norm: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    return lenet((1, 8, 8), 10, [0.3], [0.4], channels=(4, 8), hidden=16, batch_norm=batch_norm).eval()
+
+
+class HeadFirst(nn.Module):
+    """Defines its output layer first: module order is not call order."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(2 * 6 * 6, 3)
+        self.normalize = Normalize([0.5], [0.5])
+        self.stem = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.stem(self.normalize(x))).flatten(1))
+
+
+def test_first_and_last_are_found_by_tracing_not_module_order():
+    net = HeadFirst().eval()
+    x = torch.rand(1, 1, 8, 8)
+    assert [n for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))] == ["head", "stem"]
+    assert trace_call_order(net, x) == ["stem", "head"]
+    first, names = convert(net, "first", x)
+    assert names == ["stem"] and isinstance(first.stem, VariationalConv2d) and isinstance(first.head, nn.Linear)
+    assert first.stem.fed_by_input  # only the parameter-free Normalize comes before it
+    last, names = convert(net, "last", x)
+    assert names == ["head"] and isinstance(last.head, VariationalLinear) and not last.head.fed_by_input
+
+
+def test_selection_by_name_and_errors():
+    net = small_net()
+    x = torch.rand(1, 1, 8, 8)
+    assert convert(net, "all", x)[1] == ["1", "4", "8", "10"]
+    assert convert(net, ["8"], x)[1] == ["8"]
+    with pytest.raises(ConfigError, match="no module named 'nope'"):
+        convert(net, ["nope"], x)
+    with pytest.raises(ConfigError, match="not Conv2d or Linear"):
+        convert(net, ["0"], x)  # Normalize
+
+
+def test_only_mu_and_rho_train_and_frozen_state_is_bit_identical(tiny_data):
+    net = small_net(batch_norm=True)
+    with torch.no_grad():  # non-trivial running statistics, to see that SVI leaves them alone
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    bnn, names = convert(net, "first", tiny_data.train.x[:1], VariationalInit(rho_init=-4.0))
+    trainable = sorted(n for n, p in bnn.named_parameters() if p.requires_grad)
+    assert trainable == sorted(f"{names[0]}.{k}" for k in ("weight_mu", "weight_rho", "bias_mu", "bias_rho"))
+    before = {k: v.clone() for k, v in bnn.state_dict().items()}
+    layer = variational_layers(bnn)[0]
+    opt = torch.optim.Adam(layer.variational_parameters(), lr=0.05)
+    fit(bnn, tiny_data.train, epochs=1, batch_size=64, optimizer=opt, device=torch.device("cpu"), seed=0,
+        loss_fn=ElboLoss([layer], len(tiny_data.train)), train_mode=False)
+    after = bnn.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {f"{names[0]}.{k}" for k in ("weight_mu", "weight_rho", "bias_mu", "bias_rho")}
+    # the original network is untouched (the converter works on a deep copy)
+    assert torch.equal(net.state_dict()["1.weight"], before[f"{names[0]}.weight_prior_mu"])
+
+
+def test_mu_from_trained_weights_and_moped_rho():
+    net = small_net()
+    x = torch.rand(1, 1, 8, 8)
+    bnn, _ = convert(net, "first", x, VariationalInit(rho_rule="moped", moped_delta=0.2, prior="zero"))
+    layer = bnn.get_submodule("1")
+    assert torch.equal(layer.weight_mu, net[1].weight) and torch.equal(layer.bias_mu, net[1].bias)
+    expected = (0.2 * net[1].weight.abs()).clamp_min(1e-8)
+    assert torch.allclose(F.softplus(layer.weight_rho), expected, rtol=1e-4, atol=1e-9)
+    assert layer.weight_prior_mu is None  # zero-mean prior
+    assert distribution_param_count(bnn) == 2 * (net[1].weight.numel() + net[1].bias.numel())
+
+
+@pytest.mark.parametrize("prior", ["trained", "zero"])
+def test_closed_form_kl_matches_monte_carlo(prior):
+    torch.manual_seed(1)
+    layer = VariationalLinear(5, 3, prior_sigma=0.3, rho_init=-1.0)
+    with torch.no_grad():
+        layer.weight_rho.add_(0.3 * torch.randn_like(layer.weight_rho))
+    if prior == "trained":
+        layer.set_prior(0.3, torch.randn(3, 5) * 0.2, torch.randn(3) * 0.2)
+    n = 200_000
+    total = 0.0
+    for mu, rho, prior_mu in ((layer.weight_mu, layer.weight_rho, layer.weight_prior_mu),
+                              (layer.bias_mu, layer.bias_rho, layer.bias_prior_mu)):
+        q = torch.distributions.Normal(mu.detach(), F.softplus(rho.detach()))
+        p = torch.distributions.Normal(torch.zeros_like(mu) if prior_mu is None else prior_mu, 0.3)
+        w = q.sample((n,))
+        total += (q.log_prob(w) - p.log_prob(w)).sum(dim=tuple(range(1, w.ndim))).mean().item()
+    closed = layer.kl().item()
+    assert closed == pytest.approx(total, rel=0.02)
+
+
+def test_sigma_near_zero_reproduces_the_deterministic_logits():
+    net = small_net()
+    x = torch.rand(16, 1, 8, 8)
+    for local in (True, False):
+        bnn, _ = convert(net, "all", x[:1], VariationalInit(rho_init=-25.0, local_reparam=local))
+        out = sample_logits(bnn, x, 3, variational_layers(bnn))
+        assert out.shape == (3, 16, 10)
+        assert torch.allclose(out, net(x).expand(3, -1, -1), atol=1e-4)
+
+
+def test_samples_differ_but_their_mean_is_stable():
+    net = small_net()
+    x = torch.rand(16, 1, 8, 8)
+    bnn, _ = convert(net, "first", x[:1], VariationalInit(rho_init=-2.0))
+    layers = variational_layers(bnn)
+    with torch.no_grad():
+        a = sample_logits(bnn, x, 300, layers)
+        b = sample_logits(bnn, x, 300, layers)
+    assert (a[0] - a[1]).abs().max() > 1e-3  # samples differ
+    assert (a - b).abs().max() > 1e-3  # calls differ
+    pa, pb = a.softmax(-1).mean(0), b.softmax(-1).mean(0)
+    assert (pa - pb).abs().max() < 0.05  # the predictive mean is stable
+    bnn.eval()  # mode does not switch sampling off
+    with torch.no_grad():
+        assert not torch.equal(sample_logits(bnn, x, 2, layers)[0], sample_logits(bnn, x, 2, layers)[0])
+
+
+def _analytic_moments(layer, x):
+    sig2 = F.softplus(layer.weight_rho) ** 2
+    bsig2 = F.softplus(layer.bias_rho) ** 2
+    return layer._op(x, layer.weight_mu, layer.bias_mu), layer._op(x * x, sig2, bsig2)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_local_and_plain_reparameterisation_agree_in_mean_and_variance(kind, shared):
+    torch.manual_seed(2)
+    layer = VariationalLinear(6, 4, rho_init=-1.0) if kind == "linear" else VariationalConv2d(2, 3, 3, padding=1,
+                                                                                              rho_init=-1.0)
+    x = torch.rand(3, 6) if kind == "linear" else torch.rand(3, 2, 5, 5)
+    mean, var = _analytic_moments(layer, x)
+    s = 4000
+    layer.fed_by_input = shared
+    for local in (True, False):
+        layer.local_reparam = local
+        with torch.no_grad():
+            out = sample_logits(layer, x, s, [layer])
+        assert out.shape == (s, *mean.shape)
+        tol = 5 * var.sqrt() / s**0.5  # ~5 standard errors of the mean
+        assert ((out.mean(0) - mean).abs() <= tol).all(), f"local={local}: mean off"
+        assert torch.allclose(out.var(0), var, rtol=0.15), f"local={local}: variance off"
+        # samples of different copies are independent draws, not repeats
+        assert (out[0] - out[1]).abs().max() > 1e-3
+
+
+def test_grouped_and_stacked_weight_sampling_equal_a_loop_over_draws():
+    torch.manual_seed(3)
+    for layer, x in ((VariationalConv2d(2, 3, 3, stride=2, padding=1), torch.rand(8, 2, 7, 7)),
+                     (VariationalLinear(5, 4), torch.rand(8, 5))):
+        g = 4
+        w = torch.randn(g, *layer.weight_mu.shape)
+        b = torch.randn(g, *layer.bias_mu.shape)
+        # row r of the batch uses draw r mod G
+        looped = torch.cat([layer._op(x[r:r + 1], w[r % g], b[r % g]) for r in range(len(x))])
+        assert torch.allclose(layer._op_grouped(x, w, b), looped, atol=1e-5)
+        first = x[:2]  # stacked: example i under draw d is row i * G + d
+        stacked = torch.cat([layer._op(first[i:i + 1], w[d], b[d]) for i in range(2) for d in range(g)])
+        assert torch.allclose(layer._op_stacked(first, w, b), stacked, atol=1e-5)
+
+
+def test_elbo_loss_and_kl_annealing():
+    net = small_net()
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    bnn, _ = convert(net, "first", x[:1])
+    layers = variational_layers(bnn)
+    loss = ElboLoss(layers, n_train=100, kl_weight=2.0, warmup_steps=4)
+    weights = []
+    for _ in range(6):
+        loss(bnn, x, y)
+        weights.append(loss.current_kl_weight())
+    assert weights == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    torch.manual_seed(0)
+    full = ElboLoss(layers, n_train=100, kl_weight=2.0)(bnn, x, y)
+    torch.manual_seed(0)
+    nll = F.cross_entropy(sample_logits(bnn, x, 1, layers)[0], y)
+    assert full.item() == pytest.approx(nll.item() + 2.0 * kl_divergence(bnn).item() / 100, rel=1e-5)
+
+
+def test_elbo_with_several_training_samples_averages_their_nll():
+    net = small_net()
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    bnn, _ = convert(net, "first", x[:1], VariationalInit(rho_init=-1.0))
+    layers = variational_layers(bnn)
+    torch.manual_seed(5)
+    loss = ElboLoss(layers, n_train=50, kl_weight=0.0, train_samples=3)(bnn, x, y)
+    torch.manual_seed(5)
+    logits = sample_logits(bnn, x, 3, layers)
+    expected = torch.stack([F.cross_entropy(logits[s], y) for s in range(3)]).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert not torch.allclose(logits[0], logits[1])

@@ -1,0 +1,66 @@
+"""DP-SGD baseline: trains, spends about its target epsilon, and its clean copy can be attacked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_toml
+from torch import nn
+
+from stf_eval.config import NetConfig, load_config
+from stf_eval.errors import ConfigError
+from stf_eval.models.dp_sgd import DpSgd, clean_state_dict, dp_compatible_net
+from stf_eval.nets.common import build_net
+
+
+def test_dp_sgd_trains_reports_epsilon_and_is_cached(fitted_models, tiny_data, tiny_cfg):
+    model = fitted_models("dp_sgd")
+    notes = model.capabilities().notes
+    target = DpSgd.tiny["target_epsilon"]
+    assert notes["dp_epsilon"] == pytest.approx(target, rel=0.05)  # solved for, then re-accounted
+    assert notes["dp_delta"] == pytest.approx(min(1e-5, 1 / len(tiny_data.train)))
+    assert notes["noise_multiplier"] > 0.3
+    probs = model.predict_samples(tiny_data.test.x)[0].softmax(-1)
+    assert (probs.argmax(1) == tiny_data.test.y).float().mean() > 0.3  # learns despite the noise (chance 0.1)
+
+    from stf_eval.runner import build_model
+
+    again = build_model(model.ctx.spec, tiny_cfg, tiny_data, 0, torch.device("cpu"), model.ctx.cache)
+    assert again.from_cache["train"] and again.capabilities().notes["dp_epsilon"] == notes["dp_epsilon"]
+
+
+def test_clean_copy_has_no_opacus_hooks_and_gradients_flow(fitted_models, tiny_data):
+    model = fitted_models("dp_sgd")
+    net = model.net
+    assert type(net).__module__.startswith("torch.nn")  # a plain network, not opacus' GradSampleModule
+    for module in net.modules():
+        assert not module._forward_hooks and not module._backward_hooks and not module._forward_pre_hooks
+        assert not any(hasattr(p, "grad_sample") for p in module.parameters(recurse=False))
+    x = tiny_data.test.x[:6].clone().requires_grad_(True)
+    loss = nn.functional.nll_loss(model.predictive()(x), tiny_data.test.y[:6])
+    loss.backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_batch_norm_is_replaced_and_prefix_stripped():
+    from opacus import GradSampleModule
+
+    net = build_net(NetConfig("lenet", {"channels": [4, 8], "hidden": 16, "batch_norm": True}), (1, 8, 8), 10,
+                    [0.5], [0.25])
+    fixed = dp_compatible_net(net)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fixed.modules())
+    assert any(isinstance(m, nn.GroupNorm) for m in fixed.modules())
+    wrapped = GradSampleModule(fixed)
+    assert any(k.startswith("_module.") for k in wrapped.state_dict())
+    fresh = dp_compatible_net(net)
+    fresh.load_state_dict(clean_state_dict(wrapped))  # strict: every key matches the clean architecture
+
+
+@pytest.mark.parametrize("table, message", [
+    ("target_epsilon = 0", "target_epsilon: expected a positive number"),
+    ("delta = 1.5", "delta"),
+    ("accountant = 'gdp2'", "accountant"),
+])
+def test_bad_dp_parameters_are_one_line_errors(table, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(text=tiny_toml(models=f"[models.dp_sgd]\n{table}"))

@@ -1,0 +1,247 @@
+"""Membership inference: metric cross-checks, attack behaviour on real and synthetic targets, the suite."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_toml
+
+from stf_eval.config import load_config
+from stf_eval.context import EvalContext
+from stf_eval.errors import ConfigError
+from stf_eval.metrics import membership as mia
+from stf_eval.metrics.names import METRICS
+from stf_eval.models.base import ModelPlugin
+from stf_eval.params import parse_params
+from stf_eval.suites.membership import ATTACKS, Membership, complementary_halves
+
+# -- metrics -----------------------------------------------------------------------------------------
+
+
+def _brute_force(scores, is_member):
+    """Independent ROC metrics: every threshold tried explicitly, AUC as the Mann-Whitney statistic."""
+    pos, neg = scores[is_member], scores[~is_member]
+    diff = pos[:, None] - neg[None, :]
+    auc = ((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size
+    thresholds = np.r_[np.inf, np.unique(scores)]
+    tpr = np.array([(pos >= t).mean() for t in thresholds])
+    fpr = np.array([(neg >= t).mean() for t in thresholds])
+    return auc, tpr, fpr
+
+
+def test_metrics_agree_with_an_independent_computation():
+    rng = np.random.default_rng(0)
+    is_member = rng.random(700) < 0.6
+    scores = np.round(rng.normal(size=700) + 0.7 * is_member, 1)  # rounding makes ties
+    auc, tpr, fpr = _brute_force(scores, is_member)
+    got = mia.summarize(scores, is_member)
+    assert got["mia_auc"] == pytest.approx(auc, abs=1e-12)
+    assert got["mia_balanced_accuracy"] == pytest.approx(((tpr + 1 - fpr) / 2).max(), abs=1e-12)
+    for key, target in (("tpr_at_0.1pct_fpr", 0.001), ("tpr_at_1pct_fpr", 0.01)):
+        assert got[key] == pytest.approx(tpr[fpr <= target].max(), abs=1e-12)
+
+
+def test_tpr_at_fixed_fpr_hand_computed():
+    # 10 non-members, 4 members. Sorted by score: m(0.95) n(0.9) m(0.8) m(0.7) n(0.6) m(0.5) n...
+    members = np.array([0.95, 0.8, 0.7, 0.5])
+    non_members = np.array([0.9, 0.6, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1])
+    scores = np.r_[members, non_members]
+    is_member = np.r_[np.ones(4, bool), np.zeros(10, bool)]
+    fpr, tpr = mia.roc(scores, is_member)
+    # FPR 0 allows only the member above every non-member: TPR 1/4
+    assert mia.tpr_at_fpr(fpr, tpr, 0.0) == 0.25
+    assert mia.tpr_at_fpr(fpr, tpr, 0.05) == 0.25  # no interpolation towards the next point
+    # FPR <= 0.1 (one non-member above the threshold): members 0.95, 0.8, 0.7 -> 3/4
+    assert mia.tpr_at_fpr(fpr, tpr, 0.1) == 0.75
+    assert mia.tpr_at_fpr(fpr, tpr, 0.2) == 1.0
+    assert mia.best_balanced_accuracy(fpr, tpr) == pytest.approx((1.0 + 0.8) / 2)
+
+
+def test_scores_on_known_probabilities():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    logp, labels = np.log(probs), np.array([0, 0])
+    assert mia.loss_score(logp, labels) == pytest.approx(np.log([0.7, 0.1]))
+    assert mia.confidence_score(logp) == pytest.approx([0.7, 0.8])
+    assert mia.logit_confidence(logp, labels) == pytest.approx(np.log([0.7 / 0.3, 0.1 / 0.9]))
+    mentr0 = -(0.3 * np.log(0.7)) - (0.2 * np.log(0.8) + 0.1 * np.log(0.9))
+    assert mia.modified_entropy_score(logp, labels)[0] == pytest.approx(-mentr0)
+    # phi stays finite when p_y rounds to 1
+    sharp = torch.log_softmax(torch.tensor([[60.0, 0.0, 0.0]], dtype=torch.float64), -1).numpy()
+    assert np.isfinite(mia.logit_confidence(sharp, np.array([0])))[0]
+
+
+def test_complementary_halves_give_every_example_half_in_half_out():
+    mask = complementary_halves(101, 6, np.random.default_rng(0))
+    assert set(mask.sum(axis=0)) == {3}
+    assert abs(mask.sum(axis=1) - 50.5).max() <= 0.5
+
+
+def _synthetic_lira_problem(n=2000, n_refs=16, seed=0):
+    """Per-example difficulty dominates the raw confidence; membership adds a small shift to it."""
+    rng = np.random.default_rng(seed)
+    difficulty = rng.normal(0, 3.0, n)
+    shift, noise = 1.5, 0.5
+    is_member = rng.random(n) < 0.5
+    in_mask = complementary_halves(n, n_refs, rng)
+    phi_refs = difficulty + shift * in_mask + rng.normal(0, noise, (n_refs, n))
+    phi_target = difficulty + shift * is_member + rng.normal(0, noise, n)
+    return phi_target, phi_refs, in_mask, is_member
+
+
+def _binary_log_probs(phi):
+    """log probabilities of [true class, other class] with log(p / (1 - p)) = phi."""
+    return np.stack([-np.logaddexp(0, -phi), -np.logaddexp(0, phi)], axis=1)
+
+
+def test_lira_and_rmia_beat_the_loss_threshold_when_difficulty_varies():
+    phi_target, phi_refs, in_mask, is_member = _synthetic_lira_problem()
+    labels = np.zeros(len(phi_target), dtype=int)
+    logp = _binary_log_probs(phi_target)
+    assert mia.logit_confidence(logp, labels) == pytest.approx(phi_target)
+    loss = mia.summarize(mia.loss_score(logp, labels), is_member)
+    fit = mia.fit_lira(phi_refs, in_mask, variance="per_example")
+    offline = mia.summarize(mia.lira_offline(phi_target, fit), is_member)
+    online = mia.summarize(mia.lira_online(phi_target, fit), is_member)
+    p_true, p_refs = np.exp(logp[:, 0]), 1 / (1 + np.exp(-phi_refs))
+    marginal = mia.rmia_marginal(p_refs, in_mask, offline=False, a=0.3)
+    rmia = mia.summarize(mia.rmia_scores(p_true, marginal, p_true, marginal), is_member)
+    assert loss["mia_auc"] < 0.7
+    for strong in (offline, online, rmia):
+        assert strong["mia_auc"] > loss["mia_auc"] + 0.15
+        assert strong["tpr_at_1pct_fpr"] > loss["tpr_at_1pct_fpr"] + 0.05
+
+
+def test_lira_variance_rules():
+    _, phi_refs, in_mask, _ = _synthetic_lira_problem(n=300, n_refs=2)
+    with pytest.raises(ValueError, match="per-example variance"):
+        mia.fit_lira(phi_refs, in_mask, variance="per_example")
+    fit = mia.fit_lira(phi_refs, in_mask, variance="global")
+    assert fit.min_in == fit.min_out == 1 and np.all(fit.var_in == fit.var_in[0]) and fit.var_in[0] > 0
+    _, phi_refs, in_mask, _ = _synthetic_lira_problem(n=300, n_refs=8)
+    # pooled within-example variance recovers the noise variance (0.5^2), not the spread of difficulty
+    assert mia.fit_lira(phi_refs, in_mask, variance="global").var_in[0] == pytest.approx(0.25, rel=0.15)
+
+
+def test_rmia_offline_marginal_follows_the_paper_formula():
+    p_refs = np.array([[0.9, 0.2], [0.5, 0.4]])
+    in_mask = np.array([[True, False], [False, True]])
+    got = mia.rmia_marginal(p_refs, in_mask, offline=True, a=0.5)
+    assert got == pytest.approx([0.5 * (1.5 * 0.5 + 0.5), 0.5 * (1.5 * 0.2 + 0.5)])
+    assert mia.rmia_marginal(p_refs, in_mask, offline=False, a=0.5) == pytest.approx([0.7, 0.3])
+
+
+# -- the suite on real (tiny) targets -----------------------------------------------------------------
+
+# 80 training digits, an MLP trained to near-zero loss: a clearly overfitted target
+OVERFIT_TOML = (tiny_toml().replace("max_train = 600", "max_train = 80")
+                .replace("max_test = 300", "max_test = 150")
+                .replace('arch = "lenet"\noptions = { channels = [6, 12], hidden = 32 }',
+                         'arch = "mlp"\noptions = { hidden = [128] }')
+                .replace("epochs = 4", "epochs = 40").replace("batch_size = 64", "batch_size = 16"))
+
+
+class ConstantModel(ModelPlugin):
+    """Predicts the same (non-uniform) distribution for every input: no membership signal at all."""
+
+    def fit(self, data):
+        self.bias = torch.nn.Parameter(torch.linspace(0, 1, data.num_classes))
+        self.record_stage("train", {"seconds": 0.0})
+        return self
+
+    def sample_logits(self, x, n_samples):
+        return self.bias.expand(1, x.shape[0], -1) + 0 * x.flatten(1)[:, :1]
+
+    def networks(self):
+        return []
+
+
+def _run_suite(model, data, tmp_path, build_like, **params):
+    suite = Membership(parse_params(Membership.Params, params, "membership"), "membership")
+    ctx = EvalContext(model_name="target", model=model, data=data, seed=0, run_dir=tmp_path,
+                      device=torch.device("cpu"), build_like=build_like)
+    ctx.suite = "membership"
+    assert suite.skip_reason(model, data) is None
+    suite.run(model, data, ctx)
+    table = {(r["metric"], r["attack"]): r["value"] for r in ctx.records}
+    return table, ctx
+
+
+def test_overfitted_model_is_detected_and_constant_model_is_at_chance(cache_dir, tmp_path):
+    from stf_eval.cache import CheckpointCache
+    from stf_eval.data.plan import build_data
+    from stf_eval.runner import build_model
+
+    cfg = load_config(text=OVERFIT_TOML, overrides=[f'cache_dir="{cache_dir}"'])
+    data = build_data(cfg)
+    cache, cpu = CheckpointCache(cfg.cache_dir), torch.device("cpu")
+    spec = cfg.models[0]
+
+    def build_like(bundle, seed):
+        return build_model(spec, cfg, bundle, seed, cpu, cache)
+
+    target = build_like(data, 0)
+    table, ctx = _run_suite(target, data, tmp_path, build_like, num_references=2)
+    assert table[("generalization_gap", None)] > 0.05
+    for attack in ATTACKS:
+        assert table[("mia_auc", attack)] > 0.62, attack
+    assert max(table[("mia_auc", a)] for a in ("lira_offline", "rmia_offline", "rmia_online")) > 0.75
+    assert table[("tpr_at_1pct_fpr", "rmia_online")] > 0.05  # chance would be 0.01
+    assert all(metric in METRICS for metric, _ in table)
+    assert [f["name"] for f in ctx.figures] == ["roc"] and (tmp_path / ctx.figures[0]["path"]).stat().st_size
+    draws = json.loads((tmp_path / "figures" / "membership--target--seed0--references.json").read_text())
+    assert len(draws["references"]) == 2 and draws["references"][0]["seed"] == 1000
+
+    def constant(bundle, seed):
+        return ConstantModel(None, target.ctx).fit(bundle)
+
+    flat, _ = _run_suite(constant(data, 0), data, tmp_path, constant, num_references=2)
+    for attack in ATTACKS:
+        # LiRA and online RMIA divide the (identical) prediction out exactly; the others rank by class
+        # only (offline RMIA's Pr(x) is a, not exactly, the reference prediction), so see the class mix
+        exact = attack in ("lira_offline", "lira_online", "rmia_online")
+        assert flat[("mia_auc", attack)] == pytest.approx(0.5, abs=1e-12 if exact else 0.06), attack
+        assert flat[("tpr_at_1pct_fpr", attack)] == 0.0, attack
+
+
+def test_allow_list_and_small_pool_are_skipped_with_a_reason(fitted_models, tiny_data):
+    model = fitted_models("deterministic")
+    listed = Membership(parse_params(Membership.Params, {"models": ["stf_bnn"]}, "m"), "membership")
+    assert "not in suites.membership.models" in listed.skip_reason(model, tiny_data)
+    few = tiny_data.with_train(tiny_data.train.subset(np.arange(5)))
+    few.test = tiny_data.test.subset(np.arange(10))
+    assert "pool" in Membership().skip_reason(model, few)
+    threshold_only = Membership(parse_params(Membership.Params, {"attacks": ["loss"]}, "m"))
+    assert threshold_only.skip_reason(model, few) is None
+
+
+@pytest.mark.parametrize("table, message", [
+    ("num_references = 1", "num_references: expected an integer >= 2"),
+    ("attacks = ['loss', 'lira']", "attacks: expected a non-empty list"),
+    ("num_references_per_model = { deterministic = 1 }", "num_references_per_model.deterministic: expected"),
+    ("rmia_a = 2.0", "rmia_a"),
+])
+def test_bad_membership_parameters_are_one_line_errors(table, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(text=tiny_toml(suites=f"[suites.membership]\n{table}"))
+
+
+def test_per_model_reference_count():
+    params = {"num_references": 4, "num_references_per_model": {"deep_ensemble": 2, "full_bnn": 0}}
+    suite = Membership(parse_params(Membership.Params, params, "m"))
+    assert suite.num_references("deep_ensemble") == 2 and suite.num_references("stf_bnn") == 4
+    assert suite.uses_references("stf_bnn") and not suite.uses_references("full_bnn")
+
+
+def test_zero_references_runs_threshold_attacks_only(fitted_models, tiny_data, tmp_path):
+    model = fitted_models("deterministic")
+
+    def refuse(bundle, seed):
+        raise AssertionError("no reference model may be built")
+
+    params = {"num_references_per_model": {"target": 0}}
+    table, ctx = _run_suite(model, tiny_data, tmp_path, refuse, **params)
+    assert {a for _, a in table if a} == set(ATTACKS[:4])
+    assert any("threshold attacks only" in n["text"] for n in ctx.notes)
