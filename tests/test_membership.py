@@ -44,6 +44,20 @@ def test_metrics_agree_with_an_independent_computation():
         assert got[key] == pytest.approx(tpr[fpr <= target].max(), abs=1e-12)
 
 
+def test_auc_interval_matches_the_bootstrap():
+    rng = np.random.default_rng(1)
+    is_member = np.r_[np.ones(300, bool), np.zeros(200, bool)]
+    scores = rng.normal(size=500) + 0.5 * is_member
+    value = mia.auc(scores, is_member)
+    low, high = mia.auc_interval(value, 300, 200)
+    boot = []
+    for _ in range(300):
+        i = np.r_[rng.integers(0, 300, 300), 300 + rng.integers(0, 200, 200)]  # stratified resample
+        boot.append(mia.auc(scores[i], is_member[i]))
+    assert (high - low) / 2 == pytest.approx(1.96 * np.std(boot), rel=0.2)
+    assert low < value < high
+
+
 def test_tpr_at_fixed_fpr_hand_computed():
     # 10 non-members, 4 members. Sorted by score: m(0.95) n(0.9) m(0.8) m(0.7) n(0.6) m(0.5) n...
     members = np.array([0.95, 0.8, 0.7, 0.5])

@@ -190,6 +190,16 @@ def auc(scores: np.ndarray, is_member: np.ndarray) -> float:
     return float(roc_auc_score(is_member.astype(int), scores))
 
 
+def auc_interval(auc_value: float, n_members: int, n_non_members: int, z: float = 1.96) -> tuple[float, float]:
+    """Normal-approximation interval of an AUC from its Hanley & McNeil (1982) standard error."""
+    a = auc_value
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_members - 1) * (q1 - a * a) + (n_non_members - 1) * (q2 - a * a)) / (
+        n_members * n_non_members)
+    half = z * float(np.sqrt(max(var, 0.0)))
+    return max(0.0, a - half), min(1.0, a + half)
+
+
 def best_balanced_accuracy(fpr: np.ndarray, tpr: np.ndarray) -> float:
     """max over thresholds of (TPR + TNR) / 2."""
     return float(((tpr + 1.0 - fpr) / 2.0).max())

@@ -26,7 +26,7 @@ class FullBnnParams:
     epochs: int = 10  # its own training length (the [train] recipe's epochs are not used)
     lr: float = 0.003  # its own learning rate, with the recipe's optimizer and schedule
     batch_size: int = 0  # 0 = the [train] recipe's batch_size
-    prior_sigma: float = 0.1  # prior N(0, prior_sigma^2) on every weight and bias
+    prior_sigma: float = 1.0  # prior N(0, prior_sigma^2) on every weight and bias
     rho_init: float = -5.0  # initial rho of every weight (sigma = softplus(rho_init))
     kl_weight: float = 1.0  # loss = NLL + kl_weight * KL / N_train
     kl_anneal_epochs: int = 0  # linear warm-up of the KL weight from 0 over the first k epochs

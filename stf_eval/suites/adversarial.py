@@ -44,7 +44,7 @@ class AdversarialParams:
     pgd_random_start: bool = True
     attack_samples: int = 8  # S of the attacked predictive (random predictives)
     reevaluations: int = 5  # R fresh evaluations of each adversarial set (random predictives)
-    batch_size: int = 1024  # inputs per attack forward pass, counting the S samples (examples = this // S)
+    batch_size: int = 512  # inputs per attack forward pass, counting the S samples (examples = this // S)
     reuse_smaller_eps: bool = True  # PGD/AutoAttack attack only what survived the next smaller eps
     autoattack_version: Literal["standard", "rand", "plus"] = "standard"
     detection_scores: tuple[Score, ...] = ("msp", "entropy", "mutual_information", "energy")

@@ -157,7 +157,8 @@ class Membership(SuitePlugin):
         curves = {}
         for attack in (a for a in p.attacks if a in scores):
             for metric, value in mia.summarize(scores[attack], is_member).items():
-                ctx.record(metric, value, attack=attack, n=len(labels))
+                low, high = mia.auc_interval(value, n_in, n_out) if metric == "mia_auc" else (None, None)
+                ctx.record(metric, value, attack=attack, n=len(labels), ci_low=low, ci_high=high)
             curves[attack] = mia.roc(scores[attack], is_member)
         self._plot(curves, n_in, n_out, ctx)
         whole = n_in + n_out == len(data.train) + len(data.test)
