@@ -10,11 +10,13 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .data.base import DataBundle, Split
 from .models.base import ModelPlugin
 from .records import make_record
+from .seeding import seeded
 
 log = logging.getLogger("stf_eval")
 
@@ -34,13 +36,16 @@ class EvalContext:
         self.notes: list[dict] = []
         self._build_like = build_like
         self._predictions: dict[str, torch.Tensor] = {}
+        self.examples: dict[str, dict[str, np.ndarray]] = {}  # suite -> per-example arrays (examples.py)
 
     # -- predictions --------------------------------------------------------------------------
     def samples_of(self, key: str, x: torch.Tensor, n_samples: int | None = None) -> torch.Tensor:
         """Logits [S, N, C] of ``x`` under the model, computed once per key for this cell."""
         full_key = f"{key}@S{n_samples}" if n_samples else key
         if full_key not in self._predictions:
-            self._predictions[full_key] = self.model.predict_samples(x, n_samples=n_samples)
+            # the draw is named by the cell and the key: the same samples whatever ran before
+            with seeded(self.seed, "predict", self.model_name, full_key, device=self.device):
+                self._predictions[full_key] = self.model.predict_samples(x, n_samples=n_samples)
         return self._predictions[full_key]
 
     def samples(self, split: str) -> torch.Tensor:
@@ -62,6 +67,18 @@ class EvalContext:
                           **settings)
         self.records.append(row)
         return row
+
+    def save_examples(self, arrays: dict | None = None, **more) -> None:
+        """Keep per-example arrays of the current suite (saved as examples/<suite>--<model>--seed<s>.npz).
+
+        Keys are '/'-separated names (e.g. ``test/log_probs``, ``pgd/0.1/correct``), documented in
+        docs/records.md; a key saved twice in one suite is an error (it would silently overwrite).
+        """
+        store = self.examples.setdefault(self.suite, {})
+        for key, value in {**(arrays or {}), **more}.items():
+            if key in store:
+                raise ValueError(f"per-example array {key!r} saved twice by suite {self.suite!r}")
+            store[key] = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
 
     def note(self, text: str) -> None:
         """A remark shown in the report under this suite (a protocol detail, a skipped part, a warning)."""

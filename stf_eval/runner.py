@@ -24,9 +24,11 @@ from .data.plan import build_data, split_record
 from .device import resolve_device, seed_everything
 from .environment import describe
 from .errors import StfEvalError
+from .examples import write_examples
 from .models.base import BuildContext, ModelPlugin
 from .params import as_dict
 from .registry import MODELS, SUITES
+from .seeding import seeded
 
 log = logging.getLogger("stf_eval")
 
@@ -87,9 +89,11 @@ def run_cell(cfg: RunConfig, cell: Cell, data: DataBundle, device: torch.device,
             continue
         log.info("[%s] suite %s", cell.label, suite_spec.name)
         t0 = time.perf_counter()
-        seed_everything(cell.seed)
-        suite.run(model, data, ctx)
+        with seeded(cell.seed, "suite", suite_spec.name, cell.model.name, device=device):
+            suite.run(model, data, ctx)
         suite_seconds[suite_spec.name] = time.perf_counter() - t0
+        if ctx.examples.get(suite_spec.name):
+            write_examples(run_dir, suite_spec.name, cell.model.name, cell.seed, ctx.examples[suite_spec.name])
     caps = model.capabilities()
     return {
         "model": cell.model.name, "plugin": cell.model.plugin, "seed": cell.seed,

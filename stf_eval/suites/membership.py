@@ -23,6 +23,7 @@ from ..metrics import membership as mia
 from ..metrics.predictive import log_mean_probs
 from ..params import require
 from ..registry import SUITES
+from ..seeding import seeded
 from .base import SuitePlugin
 
 THRESHOLD_ATTACKS = ("loss", "confidence", "entropy", "modified_entropy")
@@ -188,7 +189,8 @@ class Membership(SuitePlugin):
         start, trained, cached = time.perf_counter(), 0.0, 0
         for r in range(n_refs):
             ref = ctx.build_like(pool.subset(np.flatnonzero(in_mask[r])), seeds[r])
-            lp = log_mean_probs(ref.predict_samples(pool.x))
+            with seeded(ctx.seed, "reference-predict", ctx.model_name, seeds[r], device=ctx.device):
+                lp = log_mean_probs(ref.predict_samples(pool.x))
             phi[r] = mia.logit_confidence(lp, labels)
             p_true[r] = np.exp(mia.true_class_log_prob(lp, labels))
             trained += sum(ref.train_seconds.values())
