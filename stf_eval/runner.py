@@ -108,12 +108,15 @@ def run_cell(cfg: RunConfig, cell: Cell, data: DataBundle, device: torch.device,
 
 
 def run(cfg: RunConfig, *, resume: bool = False, out_dir: str | None = None, executor=None,
-        render: bool = True) -> Path:
-    """Run every (model, seed) cell of ``cfg``; write results and the report; return the run directory."""
+        render: bool = True, data: DataBundle | None = None) -> Path:
+    """Run every (model, seed) cell of ``cfg``; write results and the report; return the run directory.
+
+    ``data``: an already split DataBundle to use instead of building ``cfg.data`` (stf_eval.evaluate).
+    """
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
-    data = build_data(cfg)  # data errors surface before anything is written
+    data = data if data is not None else build_data(cfg)  # data errors surface before anything is written
     run_dir = Path(out_dir or cfg.output_dir)
     cells_dir = run_dir / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)

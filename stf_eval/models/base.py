@@ -120,6 +120,8 @@ class Capabilities:
     differentiable: bool = True
     n_samples: int = 1
     notes: dict = field(default_factory=dict)
+    #: False for models supplied already trained (adapters): no recipe to repeat for reference models
+    retrainable: bool = True
 
 
 class ModelPlugin:
