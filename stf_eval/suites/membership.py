@@ -113,7 +113,8 @@ class Membership(SuitePlugin):
                     f"recipe; the allow-list keeps the run's cost in hand)")
         pool = sum(self.pool_counts(data))
         need = 2 * self.MIN_HALF_PER_CLASS * data.num_classes
-        if self.uses_references(name) and pool < need:
+        retrainable = getattr(model.capabilities(), "retrainable", True)
+        if self.uses_references(name) and retrainable and pool < need:
             return (f"the pool train + test has {pool} examples; reference models on random halves need at "
                     f"least {need} ({self.MIN_HALF_PER_CLASS} per class per half)")
         return None
@@ -148,7 +149,12 @@ class Membership(SuitePlugin):
         log_probs = log_mean_probs(torch.cat([train_logits[:, pick_in], test_logits[:, pick_out]], dim=1))
 
         scores = self._threshold_scores(log_probs, labels)
-        if not self.uses_references(ctx.model_name) and any(a in REFERENCE_ATTACKS for a in p.attacks):
+        retrainable = getattr(model.capabilities(), "retrainable", True)
+        if not retrainable and any(a in REFERENCE_ATTACKS for a in p.attacks):
+            ctx.note(f"LiRA and RMIA not run for {ctx.model_name}: it was supplied already trained, so its "
+                     f"reference models (the same recipe on random halves of the pool) cannot be built; "
+                     f"threshold attacks only")
+        elif not self.uses_references(ctx.model_name) and any(a in REFERENCE_ATTACKS for a in p.attacks):
             ctx.note(f"LiRA and RMIA not run for {ctx.model_name}: num_references_per_model sets 0 reference "
                      f"models (to save their cost); threshold attacks only")
         elif any(a in REFERENCE_ATTACKS for a in p.attacks):
