@@ -10,7 +10,7 @@ The Python API (docs/api.md) is imported on first use, so ``import stf_eval`` st
 
 __version__ = "0.1.0"
 
-_API = ("evaluate", "load_run", "Run", "ModelSpec", "module", "sampler", "ensemble", "pretrained")
+_API = ("evaluate", "load_run", "load_data", "Run", "ModelSpec", "module", "sampler", "ensemble", "pretrained")
 
 __all__ = ["__version__", *_API]
 

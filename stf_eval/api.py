@@ -179,42 +179,18 @@ def _merge(base: dict, extra: Mapping | None) -> dict:
     return out
 
 
-def evaluate(models: Mapping[str, ModelLike] | None = None,
-             data: str | Mapping | DataBundle | tuple | None = None,
-             suites: str | Mapping[str, Mapping] | Sequence[str] = "quick",
-             seeds: int | Sequence[int] | None = None,
-             out: str | os.PathLike | None = None, *,
-             split: Mapping | None = None,
-             ood: Mapping[str, Mapping] | None = None,
-             net: Mapping | None = None,
-             train: Mapping | None = None,
-             name: str | None = None,
-             description: str | None = None,
-             device: str | None = None,
-             cache_dir: str | None = None,
-             num_threads: int | None = None,
-             overrides: Sequence[str] = (),
-             resume: bool = False,
-             render: bool = True,
-             executor=None) -> Run:
-    """Evaluate ``models`` with ``suites`` on ``data``; write the run to ``out``; return the :class:`Run`.
+@dataclass
+class _Plan:
+    """A validated configuration plus the live objects it refers to."""
 
-    models: name -> a plugin name (``"mc_dropout"``), a table (``{"plugin": "mc_dropout", "p": 0.2}``),
-        an ``nn.Module`` (deterministic), a list of modules (an ensemble), a sampler ``fn(x, S)``
-        (stochastic), or an adapter spec (``module``, ``sampler``, ``ensemble``, ``pretrained``).
-        None: the suite file's own models.
-    data: a registered dataset name (``"digits"``, ``"mnist5k"``), a ``[data]`` table, a split
-        ``DataBundle`` (its own OOD sets), or ``(x, y)``: images [N, C, H, W] in [0, 1] and labels, split
-        with a seeded stratified split. None: the suite file's data.
-    suites: a shipped suite file name (``"quick"``, ``"smoke"``) or a path - its data, OOD sets, net,
-        train recipe and suite settings are the base, ``models`` replaces its models - or suite tables
-        ``{"calibration": {...}, "ood": {}}`` / a list of suite names (defaults for everything else).
-    seeds, split (``split_seed``, ``val_fraction``, ``test_fraction``, ``max_train``, ``max_test``),
-    ood (``[data.ood]`` tables), net, train, name, description, device, cache_dir, num_threads: as the
-        suite file keys of the same names (docs/api.md); ``overrides``: ``"key=value"`` strings as ``--set``.
-    """
+    cfg: Any
+    objects: dict
+    bundle: Any
+
+
+def _plan(models, data, suites, seeds, out, split, ood, net, train, name, description, device, cache_dir,
+          num_threads, overrides) -> _Plan:
     from .config import _build
-    from .runner import run
 
     # 1. the base: a suite file, or suite tables on defaults
     if isinstance(suites, str):
@@ -269,12 +245,12 @@ def evaluate(models: Mapping[str, ModelLike] | None = None,
         if not isinstance(data, DataBundle):
             raise ConfigError(f"data: expected a dataset name, a [data] table, a DataBundle or (x, y), got "
                               f"{type(data).__name__}")
-        if ood:
-            raise ConfigError("ood: a DataBundle carries its own OOD sets (DataBundle.ood); pass them there")
+        if ood or split:
+            raise ConfigError("data: a DataBundle is already split and carries its own OOD sets; build it with "
+                              "stf_eval.load_data(..., split=, ood=) instead of passing split= or ood= here")
         bundle = data
         data_table = {"dataset": "in_memory", "options": {"ref": f"bundle-{data.name}"},
                       "split_seed": data.split_seed}
-        data_table.pop("ood", None)
     if split:
         data_table = _merge(data_table, split)
     if ood is not None:
@@ -304,14 +280,75 @@ def evaluate(models: Mapping[str, ModelLike] | None = None,
         except ConfigError as exc:
             msg = str(exc)
             raise ConfigError(msg if msg.startswith(source) else f"{source}: {msg}") from exc
-        if (objects or bundle is not None) and executor is not None and \
-                type(executor).__name__ != "LocalExecutor":
-            raise ConfigError("executor: in-process networks, samplers and tensors only run on the local "
-                              "executor (a worker process cannot see them); use pretrained() weights files "
-                              "and registered datasets to scale out")
-        run_dir = run(cfg, resume=resume, out_dir=str(out) if out is not None else None, executor=executor,
-                      render=render, data=bundle)
+    return _Plan(cfg, objects, bundle)
+
+
+def evaluate(models: Mapping[str, ModelLike] | None = None,
+             data: str | Mapping | DataBundle | tuple | None = None,
+             suites: str | Mapping[str, Mapping] | Sequence[str] = "quick",
+             seeds: int | Sequence[int] | None = None,
+             out: str | os.PathLike | None = None, *,
+             split: Mapping | None = None,
+             ood: Mapping[str, Mapping] | None = None,
+             net: Mapping | None = None,
+             train: Mapping | None = None,
+             name: str | None = None,
+             description: str | None = None,
+             device: str | None = None,
+             cache_dir: str | None = None,
+             num_threads: int | None = None,
+             overrides: Sequence[str] = (),
+             resume: bool = False,
+             render: bool = True,
+             executor=None) -> Run:
+    """Evaluate ``models`` with ``suites`` on ``data``; write the run to ``out``; return the :class:`Run`.
+
+    models: name -> a plugin name (``"mc_dropout"``), a table (``{"plugin": "mc_dropout", "p": 0.2}``),
+        an ``nn.Module`` (deterministic), a list of modules (an ensemble), a sampler ``fn(x, S)``
+        (stochastic), or an adapter spec (``module``, ``sampler``, ``ensemble``, ``pretrained``).
+        None: the suite file's own models.
+    data: a registered dataset name (``"digits"``, ``"mnist5k"``), a ``[data]`` table, a split
+        ``DataBundle`` from ``load_data`` (with its OOD sets), or ``(x, y)``: images [N, C, H, W] in
+        [0, 1] and integer labels, split with a seeded stratified split. None: the suite file's data.
+    suites: a shipped suite file name (``"quick"``, ``"smoke"``) or a path - its data, OOD sets, net,
+        train recipe and suite settings are the base, ``models`` replaces its models - or suite tables
+        ``{"calibration": {...}, "ood": {}}`` / a list of suite names (defaults for everything else).
+    seeds, split (``split_seed``, ``val_fraction``, ``test_fraction``, ``max_train``, ``max_test``),
+    ood (``[data.ood]`` tables), net, train, name, description, device, cache_dir, num_threads: as the
+        suite file keys of the same names (docs/api.md); ``overrides``: ``"key=value"`` strings as ``--set``.
+    resume: reuse finished (model, seed) cells of ``out`` whose configuration is unchanged.
+    render: write report.html. executor: as ``runner.run`` (in-process objects need the local one).
+    """
+    from .inprocess import registered
+    from .runner import run
+
+    plan = _plan(models, data, suites, seeds, out, split, ood, net, train, name, description, device,
+                 cache_dir, num_threads, overrides)
+    if (plan.objects or plan.bundle is not None) and executor is not None and \
+            type(executor).__name__ != "LocalExecutor":
+        raise ConfigError("executor: in-process networks, samplers and tensors only run on the local executor "
+                          "(a worker process cannot see them); use pretrained() weights files and registered "
+                          "datasets to scale out")
+    with registered(plan.objects):
+        run_dir = run(plan.cfg, resume=resume, out_dir=str(out) if out is not None else None,
+                      executor=executor, render=render, data=plan.bundle)
     return Run(run_dir)
+
+
+def load_data(data: str | Mapping | tuple = "digits", *, split: Mapping | None = None,
+              ood: Mapping[str, Mapping] | None = None, suites: str | Mapping | Sequence[str] = ()) -> DataBundle:
+    """The seeded train / val / test split (and OOD sets) a run would use, as a ``DataBundle``.
+
+    Train your own network on ``bundle.train`` (the members), then pass ``data=bundle`` to ``evaluate``:
+    the run evaluates on exactly this split. ``suites``: a suite file whose ``[data]`` is the base.
+    """
+    from .data.plan import build_data
+    from .inprocess import registered
+
+    plan = _plan({"_": "deterministic"}, data, suites, None, None, split, ood, None, None, None, None, None,
+                 None, None, ())
+    with registered(plan.objects):
+        return build_data(plan.cfg)
 
 
 # -- Run ----------------------------------------------------------------------------------------------
