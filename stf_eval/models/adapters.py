@@ -267,9 +267,9 @@ class Pretrained(_Adapter):
 
 def module_digest(module: nn.Module) -> str:
     """Content hash of a module (class and weights): the ref of an unchanged network is stable."""
-    from ..inprocess import tensor_digest
-
     import hashlib
+
+    from ..inprocess import tensor_digest
 
     state = module.state_dict()
     names = hashlib.sha1("\n".join(sorted(state)).encode()).hexdigest()[:8]
