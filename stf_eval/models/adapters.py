@@ -56,6 +56,8 @@ class _Adapter(ModelPlugin):
     """Shared by the adapters: no training, not retrainable, one 'load' stage."""
 
     kind = "adapter"
+    #: class-level, so a planner can tell without building the model that it has no training recipe
+    retrainable = False
 
     @classmethod
     def missing_requirement(cls) -> str | None:
@@ -78,7 +80,7 @@ class _Adapter(ModelPlugin):
 
     def capabilities(self) -> Capabilities:
         caps = super().capabilities()
-        caps.retrainable = False
+        caps.retrainable = self.retrainable
         caps.notes["not_retrainable"] = NOT_RETRAINABLE
         return caps
 
