@@ -21,14 +21,14 @@ from .config import PluginSpec, RunConfig, resolved_dict
 from .context import EvalContext
 from .data.base import DataBundle
 from .data.plan import build_data, split_record
-from .device import resolve_device, seed_everything
+from .device import resolve_device
 from .environment import describe
-from .errors import StfEvalError
+from .errors import InternalError, StfEvalError
 from .examples import write_examples
 from .models.base import BuildContext, ModelPlugin
 from .params import as_dict
 from .registry import MODELS, SUITES
-from .seeding import seeded
+from .seeding import seeded, seeded_all
 
 log = logging.getLogger("stf_eval")
 
@@ -54,9 +54,11 @@ def build_model(spec: PluginSpec, cfg: RunConfig, data: DataBundle, seed: int, d
                 cache: CheckpointCache) -> ModelPlugin:
     plugin_cls = MODELS.get(spec.plugin)
     ctx = BuildContext(spec=spec, net=cfg.net, train=cfg.train, device=device, seed=seed, cache=cache)
-    seed_everything(seed)
-    model = plugin_cls(spec.params, ctx)
-    return model.fit(data)
+    # the build draws from generators named by (seed, plugin) and leaves the caller's global state alone:
+    # a reference model built inside a suite neither depends on nor changes what the suite draws next
+    with seeded_all(seed, "build", spec.plugin, device=device):
+        model = plugin_cls(spec.params, ctx)
+        return model.fit(data)
 
 
 def cell_key(cfg: RunConfig, cell: Cell, data: DataBundle) -> str:
@@ -141,8 +143,8 @@ def run(cfg: RunConfig, *, resume: bool = False, out_dir: str | None = None, exe
             result = run_cell(cfg, cell, data, device, cache, run_dir)
         except StfEvalError:
             raise
-        except Exception as exc:
-            raise StfEvalError(f"{cell.label} failed: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # a bug, not bad input: exit 1 (finished cells stay on disk for --resume)
+            raise InternalError(f"{cell.label} failed: {type(exc).__name__}: {exc}") from exc
         result["cell_key"] = key
         atomic_write_text(path, json.dumps(result, indent=1, default=float))
         return result
