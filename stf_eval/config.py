@@ -23,8 +23,6 @@ from .params import as_dict, parse_params, require
 from .paths import check_name
 from .registry import DATASETS, MODELS, NETS, SUITES
 
-
-
 #: the most examples an OOD set may have (10^6 32x32x3 float32 images are ~12 GiB); the data plan
 #: also checks the set's size against the memory it would take
 MAX_OOD_SIZE = 1_000_000

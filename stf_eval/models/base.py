@@ -70,9 +70,14 @@ class BuildContext:
             with seeded_all(int(spec.get("seed", self.seed)), "stage", purpose, device=self.device):
                 try:
                     out = train_fn()
-                except FloatingPointError as exc:
+                except (FloatingPointError, OverflowError) as exc:
                     raise TrainingDiverged(f"training stage {stage!r} diverged ({exc}); lower its learning "
                                            "rate") from exc
+                except RuntimeError as exc:  # an update too large for float32 (e.g. lr = 1e300)
+                    if "overflow" not in str(exc):
+                        raise
+                    raise TrainingDiverged(f"training stage {stage!r} diverged (an update overflowed float32: "
+                                           f"{exc}); lower its learning rate") from exc
             if not all(torch.isfinite(p).all() for p in net.parameters()):
                 raise TrainingDiverged(f"training stage {stage!r} diverged (non-finite weights); lower its "
                                        "learning rate")
