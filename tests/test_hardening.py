@@ -126,6 +126,16 @@ def cli(*args, cwd=None):
                           timeout=300, env=env)
 
 
+def main_line(capsys, *args, code=2) -> str:
+    """Run the CLI in this process (faster than a subprocess); return its one stderr line."""
+    from stf_eval.cli import main
+
+    assert main(list(args)) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
 def one_error_line(res, code=2) -> str:
     assert res.returncode == code, res.stderr
     assert "Traceback" not in res.stderr
@@ -141,10 +151,10 @@ def suite_file(tmp_path) -> Path:
     return path
 
 
-def test_out_is_an_existing_file(tmp_path, suite_file):
+def test_out_is_an_existing_file(tmp_path, suite_file, capsys):
     target = tmp_path / "a-file"
     target.write_text("x")
-    line = one_error_line(cli("run", str(suite_file), "--out", str(target)))
+    line = main_line(capsys, "run", str(suite_file), "--out", str(target))
     assert str(target) in line and "not a directory" in line
 
 
@@ -163,27 +173,31 @@ def test_output_directory_not_writable(tmp_path, monkeypatch):
         prepare_run_dir(tmp_path / "other")
 
 
-def test_unimportable_net_writes_nothing(tmp_path, suite_file):
+def test_unimportable_net_writes_nothing(tmp_path, suite_file, capsys):
     out = tmp_path / "out"
-    line = one_error_line(cli("run", str(suite_file), "--out", str(out), "--set", 'net.arch="nosuchpkg.mod:fn"'))
+    line = main_line(capsys, "run", str(suite_file), "--out", str(out), "--set", 'net.arch="nosuchpkg.mod:fn"')
     assert "net.arch" in line and "nosuchpkg" in line
     assert not out.exists()
 
 
-def test_suite_path_is_a_directory(tmp_path):
-    line = one_error_line(cli("run", str(tmp_path)))
+def test_suite_path_is_a_directory(tmp_path, capsys):
+    line = main_line(capsys, "run", str(tmp_path))
     assert "is a directory" in line
 
 
-def test_device_option_is_named(suite_file):
-    line = one_error_line(cli("run", str(suite_file), "--device", "tpu"))
+def test_device_option_is_named(suite_file, capsys):
+    line = main_line(capsys, "run", str(suite_file), "--device", "tpu")
     assert line.startswith("stf-eval: error: --device:") and "suite" not in line.split("--device")[1]
 
 
-def test_verbosity_flags_anywhere():
+def test_verbosity_flags_anywhere(capsys):
+    from stf_eval.cli import _parser, main
+
     for args in (["list", "nets", "-q"], ["-q", "list", "nets"], ["list", "-v", "nets"]):
-        res = cli(*args)
-        assert res.returncode == 0 and "lenet" in res.stdout, res.stderr
+        assert main(args) == 0 and "lenet" in capsys.readouterr().out
+    args = _parser().parse_args(["-v", "run", "x.toml", "-q"])
+    assert args.verbose and args.quiet
+    assert not _parser().parse_args(["run", "x.toml"]).quiet
 
 
 def test_quiet_run_prints_no_progress_bars_and_unicode_names_warn_nothing(tmp_path, suite_file):
@@ -196,9 +210,9 @@ def test_quiet_run_prints_no_progress_bars_and_unicode_names_warn_nothing(tmp_pa
     assert (out / "cells" / "модель--seed0.json").is_file()
 
 
-def test_diverging_learning_rate_names_the_stage(tmp_path, suite_file):
-    line = one_error_line(cli("run", str(suite_file), "--out", str(tmp_path / "out"), "-q",
-                              "--cache-dir", str(tmp_path / "cache"), "--set", "train.lr=1e300"))
+def test_diverging_learning_rate_names_the_stage(tmp_path, suite_file, capsys):
+    line = main_line(capsys, "run", str(suite_file), "--out", str(tmp_path / "out"), "-q",
+                     "--cache-dir", str(tmp_path / "cache"), "--set", "train.lr=1e300")
     assert "training stage 'deterministic' diverged" in line
 
 
@@ -286,6 +300,7 @@ def test_a_bug_in_a_suite_exits_1_and_keeps_finished_cells(tmp_path, capsys):
     out = tmp_path / "out"
     code = cli_mod.main(["run", str(suite), "--out", str(out), "--cache-dir", str(tmp_path / "c"), "-q"])
     err = capsys.readouterr().err.strip().splitlines()
+    os.environ.pop("STF_EVAL_QUIET", None)
     assert code == 1 and len(err) == 1
     assert err[0].startswith("stf-eval: internal error: second--seed0 failed: TypeError: unsupported operand")
     assert json.loads((out / "cells" / "deterministic--seed0.json").read_text())["records"]
