@@ -305,3 +305,21 @@ def test_a_bug_in_a_suite_exits_1_and_keeps_finished_cells(tmp_path, capsys):
     assert err[0].startswith("stf-eval: internal error: second--seed0 failed: TypeError: unsupported operand")
     assert json.loads((out / "cells" / "deterministic--seed0.json").read_text())["records"]
     assert not (out / "cells" / "second--seed0.json").exists()
+
+
+# -- shipped suite files ------------------------------------------------------------------------------------
+
+def test_shipped_suites_found_by_name(capsys, tmp_path, monkeypatch):
+    from stf_eval.cli import main
+    from stf_eval.config import load_config
+    from stf_eval.shipped import find_suite, shipped_suites
+
+    assert {"quick", "smoke"} <= set(shipped_suites())
+    monkeypatch.chdir(tmp_path)  # outside the checkout: names, not paths
+    assert find_suite("smoke").name == "smoke.toml" and find_suite(None).name == "quick.toml"
+    assert load_config("smoke").name == "smoke"
+    with pytest.raises(ConfigError, match="no shipped suite of that name \\(shipped: .*quick"):
+        find_suite("quik")
+    assert main(["list", "suite-files"]) == 0
+    out = capsys.readouterr().out
+    assert "smoke" in out and "quick" in out
