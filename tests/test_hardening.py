@@ -202,12 +202,12 @@ def test_verbosity_flags_anywhere(capsys):
 
 def test_quiet_run_prints_no_progress_bars_and_unicode_names_warn_nothing(tmp_path, suite_file):
     """-q: no tqdm bars, no log lines; a model named in another script leaks no font warnings."""
-    suite_file.write_text(TINY.replace("[models.deterministic]", '[models."модель"]\nplugin = "deterministic"'))
+    suite_file.write_text(TINY.replace("[models.deterministic]", '[models."模型"]\nplugin = "deterministic"'))
     out = tmp_path / "out"
     res = cli("run", str(suite_file), "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "-q")
     assert res.returncode == 0, res.stderr
     assert res.stderr.strip() == "", res.stderr
-    assert (out / "cells" / "модель--seed0.json").is_file()
+    assert (out / "cells" / "模型--seed0.json").is_file()
 
 
 def test_diverging_learning_rate_names_the_stage(tmp_path, suite_file, capsys):
