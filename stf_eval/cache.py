@@ -2,20 +2,47 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import os
 import tempfile
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
-CACHE_VERSION = 1  # bump when a change in training code invalidates old checkpoints
+from .paths import inside
+
+log = logging.getLogger("stf_eval")
+
+#: the parts of the package whose source determines trained weights (and hence results)
+TRAINING_CODE = ("training.py", "bayes", "models", "nets", "data")
+
+
+@functools.cache
+def code_version() -> str:
+    """The package version and a hash of the training code's source, computed once per process.
+
+    Part of every cache key: an upgrade, or any edit to the code that produces weights, never reuses
+    checkpoints trained by other code (no hand-bumped version number to forget).
+    """
+    from . import __version__
+
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for entry in TRAINING_CODE:
+        path = root / entry
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for f in files:
+            digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return f"{__version__}+{digest.hexdigest()[:16]}"
 
 
 def cache_key(spec: dict[str, Any]) -> str:
-    blob = json.dumps({"v": CACHE_VERSION, **spec}, sort_keys=True, default=str)
+    blob = json.dumps({"code": code_version(), **spec}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -43,7 +70,32 @@ class CheckpointCache:
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         assert self.root is not None
-        return self.root / f"{key}.pt", self.root / f"{key}.json"
+        return inside(self.root, f"{key}.pt"), inside(self.root, f"{key}.json")
+
+    @contextmanager
+    def lock(self, key: str):
+        """Hold the lock of ``key`` (a file lock: it also excludes other processes sharing the cache).
+
+        Training a key happens under its lock, so two runs sharing a cache never train the same job
+        twice or read a half-written file: the second waits, then finds the entry and loads it.
+        """
+        if self.root is None:
+            with nullcontext():
+                yield
+            return
+        from filelock import FileLock, Timeout
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(inside(self.root, f"{key}.lock")))
+        try:
+            lock.acquire(timeout=2)
+        except Timeout:
+            log.info("waiting for another run that is training cache entry %s", key)
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def load(self, key: str, module: torch.nn.Module) -> dict | None:
         """Fill ``module`` from the cache; return the stored metadata, or None on a miss."""

@@ -3,30 +3,47 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import re
 import sys
+import warnings
 
 from . import __version__
-from .errors import StfEvalError
+from .errors import ConfigError, InternalError, StfEvalError
+from .progress import set_quiet
 
-KINDS = ("models", "suites", "datasets", "nets")
+KINDS = ("models", "suites", "datasets", "nets", "suite-files")
+DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _verbosity(default) -> argparse.ArgumentParser:
+    """-v/-q, accepted before and after the subcommand (``default=SUPPRESS`` on the subcommands, so
+    a flag given before the subcommand is not reset by the subparser's default)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="debug logging; a traceback with every error")
+    common.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="only warnings and errors; no progress bars")
+    return common
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="stf-eval",
+        prog="stf-eval", parents=[_verbosity(False)],
         description="Evaluate STF-BNN and baseline uncertainty models: calibration, OOD detection, "
                     "adversarial robustness, membership inference, efficiency; writes an HTML report.")
     p.add_argument("--version", action="version", version=f"stf-eval {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    common = [_verbosity(argparse.SUPPRESS)]
 
-    r = sub.add_parser("run", help="run a suite file and write results + HTML report",
+    r = sub.add_parser("run", parents=common, help="run a suite file and write results + HTML report",
                        description="Run every (model, seed) cell of a suite file, then write results.csv, "
                                    "results.json and report.html into the output directory.")
     r.add_argument("suite", nargs="?", default=None,
-                   help="suite file (TOML); default: suites/quick.toml (the embedded mnist5k benchmark)")
+                   help="suite file (TOML), or the name of a shipped suite file (quick, smoke, "
+                        "paper_cifar10: see 'stf-eval list suite-files'); default: quick (the embedded "
+                        "mnist5k benchmark)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any key of the file, e.g. --set train.epochs=2 (repeatable)")
     r.add_argument("--out", default=None, help="output directory (default: the file's output_dir)")
@@ -35,18 +52,22 @@ def _parser() -> argparse.ArgumentParser:
                                                      "~/.cache/stf-eval)")
     r.add_argument("--resume", action="store_true", help="skip (model, seed) cells already finished")
 
-    ls = sub.add_parser("list", help="list registered plugins",
-                        description="List registered models, suites, datasets and network architectures.")
-    ls.add_argument("kind", nargs="?", choices=KINDS, help="only this kind")
+    ls = sub.add_parser("list", parents=common, help="list registered plugins or shipped suite files",
+                        description="List registered plugins: models, suites (the evaluation plugins a suite "
+                                    "file's [suites.*] tables use), datasets and network architectures; "
+                                    "'suite-files' lists the suite files (TOML) shipped with the package, "
+                                    "which 'stf-eval run NAME' runs.")
+    ls.add_argument("kind", nargs="?", choices=KINDS,
+                    help="only this kind ('suites' = evaluation plugins, 'suite-files' = shipped TOML files)")
     ls.add_argument("pattern", nargs="?", default="*", help="glob on names, e.g. 'cifar*'")
 
-    rep = sub.add_parser("report", help="re-render the HTML report of a finished run (no recomputation)")
+    rep = sub.add_parser("report", parents=common, help="re-render the HTML report of a finished run (no recomputation)")
     rep.add_argument("run_dir", help="a run directory holding results.json")
     rep.add_argument("-o", "--output", default=None, help="HTML file to write (default: RUN_DIR/report.html)")
     rep.add_argument("--figures", choices=("first-seed", "all", "none"), default="first-seed",
                      help="figures saved by the suites to embed: each model's first seed (default), all, none")
 
-    cmp = sub.add_parser("compare", help="several finished runs side by side in one HTML page",
+    cmp = sub.add_parser("compare", parents=common, help="several finished runs side by side in one HTML page",
                          description="Compare finished runs (e.g. two datasets, CPU and GPU, two seed sets): "
                                      "the same model, metric and setting side by side, with values that differ "
                                      "beyond the tolerance, or exist in one run only, marked.")
@@ -63,13 +84,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list(kind: str | None, pattern: str) -> None:
+    import fnmatch
+
     from .registry import DATASETS, MODELS, NETS, SUITES
+    from .shipped import shipped_suites
 
     regs = {"models": MODELS, "suites": SUITES, "datasets": DATASETS, "nets": NETS}
     for name in ([kind] if kind else KINDS):
-        print(f"{name}:")
+        if name == "suite-files":
+            print("suite-files (run one with 'stf-eval run NAME'):")
+            for stem, path in shipped_suites().items():
+                if fnmatch.fnmatch(stem, pattern):
+                    print(f"  {stem:<22} {path}")
+            continue
+        print(f"{name}:" if name != "suites" else "suites (evaluation plugins):")
         for plugin_name, obj in regs[name].items():
-            import fnmatch
             if not fnmatch.fnmatch(plugin_name, pattern):
                 continue
             doc = (obj.__doc__ or "").strip().splitlines()
@@ -80,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    set_quiet(args.quiet)
+    # names in any script are allowed; a glyph the figure font lacks is drawn as a box, not warned about
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     try:
         if args.command == "run":
             from .config import load_config
@@ -87,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
 
             overrides = list(args.overrides)
             if args.device:
-                overrides.append(f"device={args.device!r}".replace("'", '"'))
+                if not DEVICE_RE.fullmatch(args.device):
+                    raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {args.device!r}")
+                overrides.append(f'device="{args.device}"')
             if args.cache_dir:
-                overrides.append(f'cache_dir="{args.cache_dir}"')
+                overrides.append(f"cache_dir={json.dumps(args.cache_dir)}")
             cfg = load_config(args.suite, overrides)
             run_dir = run(cfg, resume=args.resume, out_dir=args.out)
             print(f"results: {run_dir / 'results.csv'}")
@@ -114,8 +149,15 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"stf-eval: error: {exc}", file=sys.stderr)
+        if isinstance(exc, InternalError):  # a bug: exit 1, finished cells kept
+            print(f"stf-eval: internal error: {exc} (finished cells are kept; rerun with -v for the traceback)",
+                  file=sys.stderr)
+        else:
+            print(f"stf-eval: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # output piped into a command that stopped reading (| head)
+        sys.stderr.close()
+        return 0
     except Exception as exc:  # a bug, not bad input: still one line unless -v asks for the traceback
         if args.verbose:
             import traceback

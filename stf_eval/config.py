@@ -20,9 +20,12 @@ else:  # pragma: no cover
 
 from .errors import ConfigError
 from .params import as_dict, parse_params, require
+from .paths import check_name
 from .registry import DATASETS, MODELS, NETS, SUITES
 
-DEFAULT_SUITE = Path(__file__).resolve().parent.parent / "suites" / "quick.toml"
+#: the most examples an OOD set may have (10^6 32x32x3 float32 images are ~12 GiB); the data plan
+#: also checks the set's size against the memory it would take
+MAX_OOD_SIZE = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class OodSetConfig:
     options: dict = field(default_factory=dict)
 
     def check(self) -> None:
-        require(self.size > 0, "size", "a positive integer", self.size)
+        require(0 < self.size <= MAX_OOD_SIZE, "size", f"an integer in [1, {MAX_OOD_SIZE:,}]", self.size)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class DataConfig:
     ood: dict = field(default_factory=dict)
 
     def check(self) -> None:
+        require(0 <= self.split_seed < 2**32, "split_seed", "an integer in [0, 2^32)", self.split_seed)
         require(0.0 <= self.val_fraction < 1.0, "val_fraction", "a number in [0, 1)", self.val_fraction)
         require(0.0 < self.test_fraction < 1.0, "test_fraction", "a number in (0, 1)", self.test_fraction)
         require(self.val_fraction + self.test_fraction < 1.0, "test_fraction",
@@ -163,14 +167,28 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def split_key(key: str, item: str) -> list[str]:
+    """A dotted TOML key as its parts: ``models."x.y".plugin`` -> ['models', 'x.y', 'plugin']."""
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        node = tomllib.loads(f"{key} = 0")
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--set {item!r}: {key!r} is not a valid TOML key ({exc})") from exc
+    parts = []
+    while isinstance(node, dict):
+        (name, node), = node.items()
+        parts.append(name)
+    return parts
+
+
 def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
         key, text = item.split("=", 1)
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
-            raise ConfigError(f"--set {item!r}: empty key")
+        parts = split_key(key, item)
         node = raw
         for part in parts[:-1]:
             child = node.setdefault(part, {})
@@ -185,6 +203,7 @@ def _plugin_specs(tables: dict, registry, kind: str, where: str) -> tuple[Plugin
     specs = []
     for name, table in tables.items():
         key = f"{where}.{name}"
+        check_name(name, f'{where}."{name}"')
         if not isinstance(table, dict):
             raise ConfigError(f"{key}: expected a table of {kind} parameters, got {table!r}")
         table = dict(table)
@@ -205,11 +224,18 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     """Read and validate a suite file (or ``text``); raise ConfigError naming the file on any problem."""
     source = str(path) if path is not None else "<string>"
     if text is None:
-        p = Path(path) if path is not None else DEFAULT_SUITE
+        from .shipped import find_suite
+
+        p = find_suite(None if path is None else str(path))
         source = str(p)
+        if p.is_dir():
+            raise ConfigError(f"{source}: is a directory, not a suite file")
         if not p.is_file():
             raise ConfigError(f"{source}: suite file not found")
-        text = p.read_text(encoding="utf-8")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{source}: cannot read the suite file: {exc}") from exc
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -236,6 +262,7 @@ def _build(raw: dict, source: str, overrides: list[str]) -> RunConfig:
     ood = []
     for set_name, table in data.ood.items():
         where = f"data.ood.{set_name}"
+        check_name(set_name, f'data.ood."{set_name}"')
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: expected a table, got {table!r}")
         oc = parse_params(OodSetConfig, table, where)
@@ -248,15 +275,22 @@ def _build(raw: dict, source: str, overrides: list[str]) -> RunConfig:
     net = parse_params(NetConfig, top.net, "net")
     if ":" not in net.arch:
         try:
-            NETS.get(net.arch)
+            builder = NETS.get(net.arch)
         except ConfigError as exc:
             raise ConfigError(f"net.arch: {exc}") from exc
+        net_params = getattr(builder, "Params", None)
+        if net_params is not None:  # a registered net validates its options through its own Params
+            parse_params(net_params, net.options, "net.options")
     train = parse_params(TrainConfig, top.train, "train")
     models = _plugin_specs(top.models, MODELS, "model", "models")
     suites = _plugin_specs(top.suites, SUITES, "suite", "suites")
     if not models:
         raise ConfigError("models: expected at least one [models.NAME] table")
-    name = top.name or Path(source).stem
+    if top.name:
+        name = check_name(top.name, "name")
+    else:
+        name = Path(source).stem
+        check_name(name, "name (taken from the file name; set name = \"...\" in the file)")
     return RunConfig(
         name=name,
         source=source,

@@ -15,6 +15,7 @@ import torch
 
 from .data.base import DataBundle, Split
 from .models.base import ModelPlugin
+from .paths import inside
 from .records import make_record
 from .seeding import seeded
 
@@ -90,7 +91,7 @@ class EvalContext:
         import matplotlib.pyplot as plt
 
         rel = Path("figures") / f"{self.suite}--{self.model_name}--seed{self.seed}--{name}.svg"
-        path = self.run_dir / rel
+        path = inside(self.run_dir, rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".svg.tmp")
         fig.savefig(tmp, format="svg", bbox_inches="tight")

@@ -21,3 +21,15 @@ class DataError(StfEvalError):
     """Missing dataset files, NaN inputs, shapes that do not fit."""
 
     exit_code = 2
+
+
+class TrainingDiverged(StfEvalError):
+    """A training stage's loss or weights became NaN or infinite (usually: learning rate too large)."""
+
+    exit_code = 2
+
+
+class InternalError(StfEvalError):
+    """A bug (not bad input) inside a cell: reported on one line, exit 1; -v shows the traceback."""
+
+    exit_code = 1

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from .cache import atomic_write_bytes
+from .paths import inside
 
 EXAMPLES_DIR = "examples"
 
 
 def examples_path(run_dir: Path, suite: str, model: str, seed: int) -> Path:
-    return Path(run_dir) / EXAMPLES_DIR / f"{suite}--{model}--seed{seed}.npz"
+    return inside(run_dir, EXAMPLES_DIR, f"{suite}--{model}--seed{seed}.npz")
 
 
 def write_examples(run_dir: Path, suite: str, model: str, seed: int, arrays: dict[str, np.ndarray]) -> Path:

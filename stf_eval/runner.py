@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,14 +22,15 @@ from .config import PluginSpec, RunConfig, resolved_dict
 from .context import EvalContext
 from .data.base import DataBundle
 from .data.plan import build_data, split_record
-from .device import resolve_device, seed_everything
+from .device import resolve_device
 from .environment import describe
-from .errors import StfEvalError
+from .errors import ConfigError, InternalError, StfEvalError
 from .examples import write_examples
 from .models.base import BuildContext, ModelPlugin
 from .params import as_dict
+from .paths import inside
 from .registry import MODELS, SUITES
-from .seeding import seeded
+from .seeding import seeded, seeded_all
 
 log = logging.getLogger("stf_eval")
 
@@ -54,9 +56,11 @@ def build_model(spec: PluginSpec, cfg: RunConfig, data: DataBundle, seed: int, d
                 cache: CheckpointCache) -> ModelPlugin:
     plugin_cls = MODELS.get(spec.plugin)
     ctx = BuildContext(spec=spec, net=cfg.net, train=cfg.train, device=device, seed=seed, cache=cache)
-    seed_everything(seed)
-    model = plugin_cls(spec.params, ctx)
-    return model.fit(data)
+    # the build draws from generators named by (seed, plugin) and leaves the caller's global state alone:
+    # a reference model built inside a suite neither depends on nor changes what the suite draws next
+    with seeded_all(seed, "build", spec.plugin, device=device):
+        model = plugin_cls(spec.params, ctx)
+        return model.fit(data)
 
 
 def cell_key(cfg: RunConfig, cell: Cell, data: DataBundle) -> str:
@@ -107,6 +111,32 @@ def run_cell(cfg: RunConfig, cell: Cell, data: DataBundle, device: torch.device,
     }
 
 
+def check_before_writing(cfg: RunConfig, data: DataBundle) -> None:
+    """Resolve every plugin, the net (a user callable too, with its options) and the data before the run
+    directory exists: a bad name or option is a one-line error that leaves nothing behind."""
+    from .nets.common import build_net
+
+    for spec in cfg.models:
+        MODELS.get(spec.plugin)
+    for spec in cfg.suites:
+        SUITES.get(spec.plugin)
+    with seeded(0, "check-net"):  # builds one throw-away instance; draws nothing from the run's generators
+        build_net(cfg.net, data.input_shape, data.num_classes, data.mean, data.std)
+
+
+def prepare_run_dir(run_dir: Path) -> Path:
+    """Create the output directory, or say in one line why it cannot be used."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output directory {run_dir}: exists and is not a directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"output directory {run_dir}: cannot be created ({exc.strerror or exc})") from exc
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"output directory {run_dir}: not writable")
+    return run_dir.resolve()
+
+
 def run(cfg: RunConfig, *, resume: bool = False, out_dir: str | None = None, executor=None,
         render: bool = True, data: DataBundle | None = None) -> Path:
     """Run every (model, seed) cell of ``cfg``; write results and the report; return the run directory.
@@ -117,8 +147,9 @@ def run(cfg: RunConfig, *, resume: bool = False, out_dir: str | None = None, exe
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
     data = data if data is not None else build_data(cfg)  # data errors surface before anything is written
-    run_dir = Path(out_dir or cfg.output_dir)
-    cells_dir = run_dir / "cells"
+    check_before_writing(cfg, data)
+    run_dir = prepare_run_dir(Path(out_dir or cfg.output_dir))
+    cells_dir = inside(run_dir, "cells")
     cells_dir.mkdir(parents=True, exist_ok=True)
     cache = CheckpointCache(cfg.cache_dir)
     env = describe(device)
@@ -130,7 +161,7 @@ def run(cfg: RunConfig, *, resume: bool = False, out_dir: str | None = None, exe
              len(cfg.seeds), data.name, device, run_dir)
 
     def do(cell: Cell) -> dict:
-        path = cells_dir / f"{cell.label}.json"
+        path = inside(cells_dir, f"{cell.label}.json")
         key = cell_key(cfg, cell, data)
         if resume and path.is_file():
             try:
@@ -144,8 +175,8 @@ def run(cfg: RunConfig, *, resume: bool = False, out_dir: str | None = None, exe
             result = run_cell(cfg, cell, data, device, cache, run_dir)
         except StfEvalError:
             raise
-        except Exception as exc:
-            raise StfEvalError(f"{cell.label} failed: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # a bug, not bad input: exit 1 (finished cells stay on disk for --resume)
+            raise InternalError(f"{cell.label} failed: {type(exc).__name__}: {exc}") from exc
         result["cell_key"] = key
         atomic_write_text(path, json.dumps(result, indent=1, default=float))
         return result

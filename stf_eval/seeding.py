@@ -58,3 +58,23 @@ def seeded(seed: int, *purpose, device: torch.device | str | None = None) -> Ite
     with torch.random.fork_rng(devices=_cuda_devices(device)):
         torch.manual_seed(derived)
         yield derived
+
+
+@contextmanager
+def seeded_all(seed: int, *purpose, device: torch.device | str | None = None) -> Iterator[int]:
+    """Like ``seeded``, and numpy's and Python's global generators are forked and seeded too.
+
+    For code outside our control that may draw from any global generator (a model plugin's ``fit``):
+    what it draws is a function of (seed, purpose) and nothing it draws leaks out of the block.
+    """
+    import random
+
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with seeded(seed, *purpose, device=device) as derived:
+        np.random.seed(derived % (2**32))
+        random.seed(derived)
+        try:
+            yield derived
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .data.base import Split
+from .progress import bars_disabled
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], recipe: TrainConfig, lr: float | None = None,
@@ -63,7 +64,8 @@ def fit(net: nn.Module, train: Split, *, epochs: int, batch_size: int, optimizer
     net.to(device)
     net.train(train_mode)
     start = time.perf_counter()
-    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0,
+               disable=bars_disabled())
     try:
         for _ in range(epochs):
             running, count = 0.0, 0

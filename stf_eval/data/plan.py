@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import os
+
 import numpy as np
 import torch
 
@@ -86,6 +89,7 @@ def build_data(cfg: RunConfig) -> DataBundle:
     ood = {}
     for i, (set_name, oc) in enumerate(cfg.ood):
         where = f"data.ood.{set_name}"
+        _check_fits_in_memory(oc.size, shape, f"{where}.size")
         extra = {}
         if getattr(DATASETS.get(oc.dataset), "needs_id_pool", False):
             # sets derived from in-distribution images (rotated digits) draw from train and val, never test
@@ -104,6 +108,18 @@ def build_data(cfg: RunConfig) -> DataBundle:
         train=train, val=val, test=test, mean=mean, std=std, ood=ood,
         class_names=loaded.class_names, split_seed=seed,
     )
+
+
+def _check_fits_in_memory(n: int, shape: tuple[int, ...], where: str) -> None:
+    """Refuse a set whose float32 images would need more than half of the memory available now."""
+    need = 4 * n * math.prod(shape)
+    try:
+        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no check
+        return
+    if need > avail // 2:
+        raise DataError(f"{where}: {n:,} images of shape {shape} need {need / 2**20:,.0f} MiB, more than half "
+                        f"of the {avail / 2**20:,.0f} MiB available; use a smaller size")
 
 
 def split_record(data: DataBundle) -> dict:

@@ -107,7 +107,7 @@ def reliability_bins(conf: np.ndarray, correct: np.ndarray, bins: int = 15):
 
 def calibration_metrics(probs: np.ndarray, labels: np.ndarray, log_probs: np.ndarray | None = None,
                         bins: int = 15, adaptive_bins: int = 15) -> dict[str, float]:
-    """Every calibration metric of PROTOCOLS.md, by its record name."""
+    """Every calibration metric of docs/calibration.md, by its record name."""
     return {
         "accuracy": accuracy(probs, labels),
         "nll": nll(probs, labels, log_probs),

@@ -1,4 +1,4 @@
-"""The one place where record metric names are documented (names follow shared PROTOCOLS.md).
+"""The one place where record metric names are defined (each is explained in docs/).
 
 ``better``: "higher", "lower" or None (descriptive). The report uses it for arrows and best marks.
 """
@@ -39,7 +39,7 @@ METRICS: dict[str, tuple[str, str | None]] = {
     "distribution_params": ("Parameters of variational distributions (mu and rho).", "lower"),
     "total_params": ("All parameters held by the model's networks (trainable or frozen).", "lower"),
     "train_seconds": ("Wall-clock seconds of a training stage (see the stage column).", "lower"),
-    "peak_memory_mb": ("Peak memory while training (CUDA max allocated, or CPU peak RSS growth).", "lower"),
+    "peak_memory_mb": ("Peak memory while training, MiB (CUDA max allocated, or CPU peak RSS growth).", "lower"),
     "latency_ms_per_example": ("Inference latency per example at the evaluation S, milliseconds.", "lower"),
     "forward_passes_per_prediction": ("Network forward passes needed for one prediction.", "lower"),
 }

@@ -83,7 +83,7 @@ def fpr_at_tpr(score_in: np.ndarray, score_out: np.ndarray, tpr: float = 0.95) -
 
 
 def ood_metrics(score_in: np.ndarray, score_out: np.ndarray) -> dict[str, float]:
-    """The four metrics of PROTOCOLS.md by record name: auroc, aupr_in, aupr_out, fpr95."""
+    """The four metrics of docs/ood.md by record name: auroc, aupr_in, aupr_out, fpr95."""
     return {
         "auroc": auroc(score_in, score_out),
         "aupr_in": aupr_in(score_in, score_out),

@@ -15,6 +15,7 @@ models must keep sampling; batch-norm always uses its running statistics at eval
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,9 +27,11 @@ from torch import nn
 from ..cache import CheckpointCache, cache_key
 from ..config import NetConfig, PluginSpec, TrainConfig
 from ..data.base import DataBundle
+from ..errors import TrainingDiverged
 from ..nets.common import build_net
 from ..params import NoParams, as_dict
 from ..profiling import peak_memory
+from ..seeding import seeded_all
 from ..training import train_deterministic
 
 
@@ -55,7 +58,35 @@ class BuildContext:
         """Load ``net`` from the cache or train it with ``train_fn() -> (seconds, meta)`` and store it.
 
         Returns (training seconds as originally measured, whether it came from the cache, metadata).
+        Training runs under the key's file lock (a concurrent run waits, then loads) and on torch's,
+        numpy's and Python's global generators seeded from (seed, what is trained) and restored
+        afterwards: the weights never depend on what ran before, and nothing after the stage depends
+        on whether it was trained or loaded.
         """
+        stage = str(spec.get("kind", "stage"))
+        purpose = json.dumps(spec, sort_keys=True, default=str)
+
+        def seeded_train():
+            with seeded_all(int(spec.get("seed", self.seed)), "stage", purpose, device=self.device):
+                try:
+                    out = train_fn()
+                except (FloatingPointError, OverflowError) as exc:
+                    raise TrainingDiverged(f"training stage {stage!r} diverged ({exc}); lower its learning "
+                                           "rate") from exc
+                except RuntimeError as exc:  # an update too large for float32 (e.g. lr = 1e300)
+                    if "overflow" not in str(exc):
+                        raise
+                    raise TrainingDiverged(f"training stage {stage!r} diverged (an update overflowed float32: "
+                                           f"{exc}); lower its learning rate") from exc
+            if not all(torch.isfinite(p).all() for p in net.parameters()):
+                raise TrainingDiverged(f"training stage {stage!r} diverged (non-finite weights); lower its "
+                                       "learning rate")
+            return out
+
+        with self.cache.lock(cache_key(spec)):
+            return self._cached(spec, net, seeded_train)
+
+    def _cached(self, spec: dict, net: nn.Module, train_fn) -> tuple[float, bool, dict]:
         key = cache_key(spec)
         meta = self.cache.load(key, net)
         if meta is not None:

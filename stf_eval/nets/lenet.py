@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
+from ..params import require
 from ..registry import NETS
 from .common import Normalize
+
+
+@dataclass(frozen=True)
+class LenetParams:
+    """``[net] options`` of ``lenet``, validated when the suite file is read."""
+
+    channels: tuple[int, ...] = (16, 32)  # output channels of each conv stage
+    hidden: int = 128  # width of the hidden linear layer
+    batch_norm: bool = False  # BatchNorm2d after each conv
+
+    def check(self) -> None:
+        require(len(self.channels) >= 1 and all(c >= 1 for c in self.channels), "channels",
+                "a non-empty list of positive integers", list(self.channels))
+        require(self.hidden >= 1, "hidden", "a positive integer", self.hidden)
 
 
 @NETS.register("lenet")
@@ -29,3 +46,6 @@ def lenet(input_shape, num_classes, mean, std, channels: tuple = (16, 32), hidde
         in_ch = int(out_ch)
     layers += [nn.Flatten(), nn.Linear(in_ch * h * w, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
     return nn.Sequential(*layers)
+
+
+lenet.Params = LenetParams

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
+from ..params import require
 from ..registry import NETS
 from .common import Normalize
+
+
+@dataclass(frozen=True)
+class MlpParams:
+    """``[net] options`` of ``mlp``, validated when the suite file is read."""
+
+    hidden: tuple[int, ...] = (256, 128)  # width of each hidden layer (empty: a linear model)
+
+    def check(self) -> None:
+        require(all(h >= 1 for h in self.hidden), "hidden", "a list of positive integers", list(self.hidden))
 
 
 @NETS.register("mlp")
@@ -19,3 +32,6 @@ def mlp(input_shape, num_classes, mean, std, hidden: tuple = (256, 128)) -> nn.M
         width = int(size)
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
+
+
+mlp.Params = MlpParams

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
+from ..params import require
 from ..registry import NETS
 from .common import Normalize
+
+
+@dataclass(frozen=True)
+class ResNet18Params:
+    """``[net] options`` of ``resnet18``, validated when the suite file is read."""
+
+    width: int = 64  # channels of the first stage (doubled at each of the next three)
+
+    def check(self) -> None:
+        require(self.width >= 1, "width", "a positive integer", self.width)
 
 
 class BasicBlock(nn.Module):
@@ -55,3 +68,6 @@ class CifarResNet18(nn.Module):
 def resnet18(input_shape, num_classes, mean, std, width: int = 64) -> nn.Module:
     """CIFAR ResNet-18 (He et al. 2016, the 3x3-stem variant used for 32x32 images)."""
     return CifarResNet18(input_shape, num_classes, mean, std, width=width)
+
+
+resnet18.Params = ResNet18Params

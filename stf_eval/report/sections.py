@@ -1,7 +1,7 @@
 """One report section per suite entry: its tables (chosen by the metrics it recorded), figures, notes.
 
-Layouts follow the metric families of PROTOCOLS.md, so a renamed suite, or a suite that records
-metrics of several families, still gets the right tables; unknown metrics get a generic table.
+Layouts follow the metric families of docs/ (calibration, OOD, adversarial, membership, efficiency),
+so a renamed suite, or a suite that records metrics of several families, still gets the right tables; unknown metrics get a generic table.
 """
 
 from __future__ import annotations
@@ -246,7 +246,7 @@ def efficiency_blocks(sec: Section, df, models) -> None:
                       caption="Trainable parameters of the last training stage; distribution parameters are "
                               "variational mu and rho; latency per example at the evaluation S."))
     for metric, title in (("train_seconds", "Training seconds per stage"),
-                          ("peak_memory_mb", "Peak training memory per stage (MB)")):
+                          ("peak_memory_mb", "Peak training memory per stage (MiB)")):
         sel = df[(df["metric"] == metric) & (df["stage"] != "")]
         if not sel.empty:
             sec.add(pivot(sel, ["model"], ["stage"], title, metric=metric, orders=_orders(models), best="none",

@@ -1,6 +1,6 @@
 """Adversarial robustness: FGSM / PGD (torchattacks) over an eps sweep, sanity checks, detection AUROC.
 
-Protocol (shared PROTOCOLS.md "Adversarial robustness", docs/adversarial.md):
+Protocol (docs/adversarial.md):
 * a fixed, seeded subset of the test split is attacked (``n_examples``, ``subset_seed``);
 * the attacked module is the deployed predictive, log of the mean softmax over S samples; a random
   predictive (two calls differ) gets ``attack_samples`` fresh samples per call, sampling on
