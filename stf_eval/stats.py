@@ -1,11 +1,30 @@
 """Intervals and paired comparisons: one module used by suites, the verdict and the compare page.
 
-Formatting stays in the report; this module imports nothing from ``stf_eval.report``.
+Formatting stays in the report; this module imports nothing from ``stf_eval.report``. The rules and
+their reasons are in docs/report.md. What each piece is for:
+
+* ``proportion_interval``: Wilson / Clopper-Pearson interval of k / n (statsmodels).
+* ``auc_delong``: AUC with DeLong's variance and a normal interval (logit-free, clipped to [0, 1]).
+* ``ece_binned`` / ``ece_interval``: equal-width top-label ECE and an interval that contains it
+  (BCa bootstrap via scipy; see the function).
+* ``mcnemar_exact``: exact McNemar test of two paired 0/1 outcomes (statsmodels).
+* ``paired_bootstrap``: bootstrap of a metric *difference* over the same examples, hierarchical
+  (seeds, then examples) with two or more seeds; ``Bootstrap.interval(level)`` and ``.pvalue``.
+* ``holm_levels``: Holm's step-down correction (statsmodels ``multipletests``) expressed as the
+  confidence level at which each comparison's interval must exclude zero.
+* ``tpr_fpr_measurable``: whether a TPR at a given FPR can be read off with that many negatives.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: false positives a threshold must admit before "TPR at FPR f" is a measurement (see docs/report.md)
+MIN_FALSE_POSITIVES = 10
 
 
 def proportion_interval(k: int, n: int, confidence: float = 0.95, method: str = "wilson") -> tuple[float, float]:
@@ -20,3 +39,199 @@ def proportion_interval(k: int, n: int, confidence: float = 0.95, method: str = 
     lo, hi = proportion_confint(int(k), int(n), alpha=1.0 - confidence,
                                 method={"wilson": "wilson", "exact": "beta"}[method])
     return float(lo), float(hi)
+
+
+# -- AUC ---------------------------------------------------------------------------------------------
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return rankdata(x, method="average")
+
+
+def auc_components(pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """(AUC, V10 [m], V01 [n]): the AUC of positives ``pos`` over negatives ``neg`` (ties count half)
+    and DeLong's structural components (DeLong, DeLong & Clarke-Pearson 1988; midrank form of
+    Sun & Xu 2014)."""
+    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
+    m, n = len(pos), len(neg)
+    if m == 0 or n == 0:
+        return math.nan, np.full(m, np.nan), np.full(n, np.nan)
+    tz = _midranks(np.concatenate([pos, neg]))
+    tx, ty = _midranks(pos), _midranks(neg)
+    auc = (tz[:m].sum() - m * (m + 1) / 2) / (m * n)
+    v10 = (tz[:m] - tx) / n  # per positive: fraction of negatives below it
+    v01 = 1.0 - (tz[m:] - ty) / m  # per negative: fraction of positives above it
+    return float(auc), v10, v01
+
+
+def auc_delong(pos: np.ndarray, neg: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(AUC, low, high): DeLong's standard error and a normal interval, clipped to [0, 1]."""
+    from scipy.stats import norm
+
+    auc, v10, v01 = auc_components(pos, neg)
+    if math.isnan(auc) or len(v10) < 2 or len(v01) < 2:
+        return auc, math.nan, math.nan
+    se = math.sqrt(np.var(v10, ddof=1) / len(v10) + np.var(v01, ddof=1) / len(v01))
+    z = norm.ppf(0.5 + confidence / 2)
+    return auc, max(0.0, auc - z * se), min(1.0, auc + z * se)
+
+
+def auc_fast(pos: np.ndarray, neg: np.ndarray) -> float:
+    """AUC by ranks (ties count half); equal to sklearn's roc_auc_score."""
+    return auc_components(pos, neg)[0]
+
+
+# -- ECE -----------------------------------------------------------------------------------------------
+
+def ece_binned(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """Top-label ECE with ``bins`` equal-width bins ([a, b), last closed), from confidences and 0/1."""
+    conf = np.asarray(conf, float)
+    correct = np.asarray(correct, float)
+    if len(conf) == 0:
+        return math.nan
+    which = np.clip(np.searchsorted(np.linspace(0.0, 1.0, bins + 1), conf, side="right") - 1, 0, bins - 1)
+    gap = np.bincount(which, weights=correct - conf, minlength=bins)
+    return float(np.abs(gap).sum() / len(conf))
+
+
+def ece_interval(conf: np.ndarray, correct: np.ndarray, bins: int = 15, confidence: float = 0.95,
+                 resamples: int = 1000, seed: int = 0) -> tuple[float, float, str]:
+    """(low, high, method) of the equal-width ECE: a BCa bootstrap interval (scipy.stats.bootstrap).
+
+    The binned ECE is biased upward, more so in bootstrap resamples (fewer distinct examples), so the
+    percentile interval can lie wholly above the estimate; BCa corrects for that bias. When even BCa's
+    bounds exclude the estimate (the whole bootstrap distribution on one side), the interval is the
+    bootstrap spread re-centred on the estimate (``percentile spread around the estimate``): a
+    statement of sampling spread, not of bias. Either way the interval contains the estimate.
+    """
+    from scipy.stats import bootstrap
+
+    conf, correct = np.asarray(conf, float), np.asarray(correct, float)
+    est = ece_binned(conf, correct, bins)
+    if len(conf) < 2 or resamples <= 0:
+        return math.nan, math.nan, "none"
+    rng = np.random.default_rng(seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        res = bootstrap((conf, correct), lambda c, k: ece_binned(c, k, bins), paired=True, vectorized=False,
+                        n_resamples=resamples, confidence_level=confidence, method="BCa", random_state=rng)
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (math.isnan(lo) or math.isnan(hi)) and lo <= est <= hi:
+        return lo, hi, "BCa bootstrap"
+    dist = res.bootstrap_distribution
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    q_lo, med, q_hi = np.percentile(dist, [tail, 50.0, 100.0 - tail])
+    return max(0.0, est - (med - q_lo)), est + (q_hi - med), "percentile spread around the estimate"
+
+
+# -- paired tests ---------------------------------------------------------------------------------
+
+def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, int, int]:
+    """(p-value, b, c) of the exact McNemar test: b = a right and b wrong, c = the reverse."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    if a.shape != b.shape:
+        raise ValueError(f"mcnemar_exact: paired outcomes of different shapes {a.shape} and {b.shape}")
+    n01, n10 = int((a & ~b).sum()), int((~a & b).sum())
+    if n01 + n10 == 0:
+        return 1.0, n01, n10
+    table = [[int((a & b).sum()), n01], [n10, int((~a & ~b).sum())]]
+    return float(mcnemar(table, exact=True).pvalue), n01, n10
+
+
+@dataclass
+class Bootstrap:
+    """A bootstrap of a paired difference: the point estimate and the resampled differences."""
+
+    estimate: float
+    draws: np.ndarray
+    n_seeds: int
+    n_examples: tuple[int, ...]  # per stratum, of the first seed
+    hierarchical: bool
+
+    def interval(self, confidence: float = 0.95) -> tuple[float, float]:
+        d = self.draws[np.isfinite(self.draws)]
+        if len(d) == 0:
+            return math.nan, math.nan
+        tail = 100.0 * (1.0 - confidence) / 2.0
+        lo, hi = np.percentile(d, [tail, 100.0 - tail])
+        return float(lo), float(hi)
+
+    @property
+    def pvalue(self) -> float:
+        """Two-sided bootstrap p-value of 'difference = 0' (the smallest alpha at which the percentile
+        interval excludes zero), with the +1 correction so it is never 0."""
+        d = self.draws[np.isfinite(self.draws)]
+        if len(d) == 0:
+            return math.nan
+        below, above = (d <= 0).sum(), (d >= 0).sum()
+        return float(min(1.0, 2.0 * (min(below, above) + 1) / (len(d) + 1)))
+
+
+def paired_bootstrap(diff: Callable[[int, tuple[np.ndarray, ...]], float], sizes: Sequence[tuple[int, ...]],
+                     resamples: int = 2000, seed: int = 0) -> Bootstrap:
+    """Bootstrap of a paired difference between two models evaluated on the same examples.
+
+    ``sizes[s]`` gives, for seed s, the number of examples in each stratum (e.g. (n_test,) or
+    (n_in, n_ood) for an AUROC); ``diff(s, idx)`` returns metric(A) - metric(B) on seed s restricted to
+    the index arrays ``idx`` (one per stratum), computed on the SAME indices for both models.
+    With one seed, examples are resampled within each stratum. With two or more, each draw resamples
+    seeds with replacement, then examples within each drawn seed, and averages the drawn seeds'
+    differences (a two-level bootstrap, so training-seed variance is in the interval).
+    """
+    rng = np.random.default_rng(seed)
+    n_seeds = len(sizes)
+    full = [tuple(np.arange(n) for n in sz) for sz in sizes]
+    estimate = float(np.mean([diff(s, full[s]) for s in range(n_seeds)]))
+    draws = np.empty(resamples)
+    hierarchical = n_seeds >= 2
+    for b in range(resamples):
+        chosen = rng.integers(0, n_seeds, size=n_seeds) if hierarchical else np.zeros(1, dtype=int)
+        vals = [diff(int(s), tuple(rng.integers(0, n, size=n) for n in sizes[s])) for s in chosen]
+        draws[b] = np.mean(vals)
+    return Bootstrap(estimate, draws, n_seeds, tuple(sizes[0]) if sizes else (), hierarchical)
+
+
+def holm_levels(pvalues: Sequence[float], alpha: float = 0.05) -> tuple[list[float], list[bool], list[float]]:
+    """Holm's step-down correction of ``pvalues`` at family-wise level ``alpha``.
+
+    Returns (adjusted p-values, rejected, confidence levels): the comparison with the k-th smallest
+    p-value (k = 1..m) is tested at alpha / (m - k + 1), so its interval is shown at level
+    1 - alpha / (m - k + 1); rejection is statsmodels' ``multipletests(method="holm")`` (which also
+    stops at the first non-rejection). NaN p-values are never rejected.
+    """
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(pvalues, float)
+    m = len(p)
+    adjusted = np.full(m, np.nan)
+    rejected = np.zeros(m, bool)
+    levels = np.full(m, 1.0 - alpha)
+    ok = np.isfinite(p)
+    if ok.any():
+        rej, adj, _, _ = multipletests(p[ok], alpha=alpha, method="holm")
+        adjusted[ok], rejected[ok] = adj, rej
+        order = np.argsort(p[ok], kind="stable")
+        idx = np.flatnonzero(ok)[order]
+        k_total = int(ok.sum())
+        for rank, i in enumerate(idx):
+            levels[i] = 1.0 - alpha / (k_total - rank)
+    return adjusted.tolist(), rejected.tolist(), levels.tolist()
+
+
+def tpr_fpr_measurable(n_negatives: int, fpr: float, min_false_positives: int = MIN_FALSE_POSITIVES) -> tuple[bool, int]:
+    """(measurable, negatives needed): a TPR at FPR ``fpr`` is read at a threshold admitting
+    fpr * n negatives; below ``min_false_positives`` of them the threshold (and the TPR) is set by a
+    handful of examples, so it is not a measurement. Needed = ceil(min_false_positives / fpr)."""
+    needed = int(math.ceil(min_false_positives / fpr - 1e-9))
+    return n_negatives >= needed, needed
+
+
+def tpr_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float) -> float:
+    """TPR at the lowest threshold whose false-positive rate is <= ``fpr`` (scores: higher = positive)."""
+    pos, neg = np.sort(np.asarray(pos, float)), np.sort(np.asarray(neg, float))
+    k = int(math.floor(fpr * len(neg) + 1e-9))  # negatives allowed above the threshold
+    # threshold t: accept score > t; with k negatives allowed, t = the (k+1)-th largest negative
+    t = neg[len(neg) - k - 1] if k < len(neg) else -np.inf
+    return float((pos > t).mean())
