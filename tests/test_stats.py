@@ -85,7 +85,8 @@ def test_paired_bootstrap_uses_the_pairing_and_both_levels():
     assert lo_u < hi_u
     # two seeds with different effects: the hierarchical interval is wider than either seed's alone
     effects = [0.0, 0.1]
-    data = [(rng.normal(size=400), rng.normal(size=400) + e) for e in effects]
+    xs = [rng.normal(size=400) for _ in effects]
+    data = [(x, x + e + 0.1 * rng.normal(size=400)) for x, e in zip(xs, effects)]
     h = stats.paired_bootstrap(lambda s, idx: data[s][1][idx[0]].mean() - data[s][0][idx[0]].mean(),
                                [(400,), (400,)], resamples=1000, seed=1)
     assert h.hierarchical and h.estimate == pytest.approx(np.mean([d[1].mean() - d[0].mean() for d in data]))
