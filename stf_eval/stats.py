@@ -77,6 +77,26 @@ def auc_delong(pos: np.ndarray, neg: np.ndarray, confidence: float = 0.95) -> tu
     return auc, max(0.0, auc - z * se), min(1.0, auc + z * se)
 
 
+def auc_mean_delong(pos: np.ndarray, negs: Sequence[np.ndarray], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean AUC, low, high) of the mean over several negative sets of the AUC of the SAME positives
+    against each: DeLong's variance with the covariance the shared positives induce (the mean's
+    per-positive component is the mean of the per-set components)."""
+    from scipy.stats import norm
+
+    parts = [auc_components(pos, neg) for neg in negs]
+    k = len(parts)
+    if k == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(np.mean([a for a, _, _ in parts]))
+    v10 = np.mean([c for _, c, _ in parts], axis=0)
+    if len(v10) < 2 or any(len(c) < 2 for _, _, c in parts):
+        return mean, math.nan, math.nan
+    var = np.var(v10, ddof=1) / len(v10) + sum(np.var(c, ddof=1) / len(c) for _, _, c in parts) / k ** 2
+    z = norm.ppf(0.5 + confidence / 2)
+    se = math.sqrt(var)
+    return mean, max(0.0, mean - z * se), min(1.0, mean + z * se)
+
+
 def auc_fast(pos: np.ndarray, neg: np.ndarray) -> float:
     """AUC by ranks (ties count half); equal to sklearn's roc_auc_score."""
     return auc_components(pos, neg)[0]
