@@ -189,6 +189,53 @@ class Bootstrap:
         return float(min(1.0, 2.0 * (min(below, above) + 1) / (len(d) + 1)))
 
 
+@dataclass
+class NormalDiff:
+    """A difference with a normal (or Student-t, when ``df`` is given) sampling distribution."""
+
+    estimate: float
+    se: float
+    df: float | None = None
+
+    def _dist(self):
+        from scipy.stats import norm, t
+
+        return norm() if self.df is None else t(self.df)
+
+    def interval(self, confidence: float = 0.95) -> tuple[float, float]:
+        if not (math.isfinite(self.se) and math.isfinite(self.estimate)):
+            return math.nan, math.nan
+        z = self._dist().ppf(0.5 + confidence / 2)
+        return self.estimate - z * self.se, self.estimate + z * self.se
+
+    @property
+    def pvalue(self) -> float:
+        if not (math.isfinite(self.se) and math.isfinite(self.estimate)):
+            return math.nan
+        if self.se == 0:
+            return 1.0 if self.estimate == 0 else 0.0
+        return float(2 * self._dist().sf(abs(self.estimate) / self.se))
+
+
+def auc_diff_delong(pos_a: np.ndarray, negs_a: Sequence[np.ndarray], pos_b: np.ndarray,
+                    negs_b: Sequence[np.ndarray]) -> NormalDiff:
+    """Paired DeLong test of mean-AUC(A) - mean-AUC(B), both models scoring the SAME positives and the
+    SAME negative sets (DeLong et al. 1988): the per-example components of the two models are
+    differenced, so the correlation between the models is accounted for."""
+    pa = [auc_components(pos_a, n) for n in negs_a]
+    pb = [auc_components(pos_b, n) for n in negs_b]
+    k = len(pa)
+    if k == 0 or k != len(pb):
+        return NormalDiff(math.nan, math.nan)
+    est = float(np.mean([a for a, _, _ in pa]) - np.mean([b for b, _, _ in pb]))
+    d10 = np.mean([c for _, c, _ in pa], axis=0) - np.mean([c for _, c, _ in pb], axis=0)
+    d01 = [ca - cb for (_, _, ca), (_, _, cb) in zip(pa, pb)]
+    if len(d10) < 2 or any(len(d) < 2 for d in d01):
+        return NormalDiff(est, math.nan)
+    var = np.var(d10, ddof=1) / len(d10) + sum(np.var(d, ddof=1) / len(d) for d in d01) / k ** 2
+    return NormalDiff(est, math.sqrt(max(var, 0.0)))
+
+
 def paired_bootstrap(diff: Callable[[int, tuple[np.ndarray, ...]], float], sizes: Sequence[tuple[int, ...]],
                      resamples: int = 2000, seed: int = 0) -> Bootstrap:
     """Bootstrap of a paired difference between two models evaluated on the same examples.
