@@ -95,12 +95,29 @@ def test_paired_bootstrap_uses_the_pairing_and_both_levels():
     assert np.ptp(h.interval()) > np.ptp(one.interval())
 
 
+def test_vectorised_mean_bootstrap_agrees_with_the_general_one():
+    rng = np.random.default_rng(6)
+    d = [rng.normal(0.05, 1, 300), rng.normal(0.15, 1, 300)]
+    for units in ([d[0]], d):
+        fast = stats.paired_bootstrap_mean(units, resamples=2000, seed=1)
+        slow = stats.paired_bootstrap(lambda s, idx: units[s][idx[0]].mean(), [(300,)] * len(units),
+                                      resamples=2000, seed=2)
+        assert fast.estimate == pytest.approx(slow.estimate) and fast.hierarchical == slow.hierarchical
+        assert fast.interval() == pytest.approx(slow.interval(), abs=0.02)
+
+
 def test_holm_levels_match_the_step_down_rule():
     adjusted, rejected, levels = stats.holm_levels([0.01, 0.04, 0.03, float("nan")], alpha=0.05)
     # sorted finite p: 0.01, 0.03, 0.04 tested at 0.05/3, 0.05/2, 0.05/1
     assert levels[:3] == pytest.approx([1 - 0.05 / 3, 1 - 0.05 / 1, 1 - 0.05 / 2])
     assert rejected == [True, False, False, False]  # 0.03 > 0.025 stops the procedure
     assert adjusted[0] == pytest.approx(0.03) and math.isnan(adjusted[3])
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.random.default_rng(5).uniform(0, 0.1, 12)
+    rej, adj, _, _ = multipletests(p, alpha=0.05, method="holm")
+    mine = stats.holm_levels(p, 0.05)
+    assert mine[1] == rej.tolist() and mine[0] == pytest.approx(adj.tolist())
 
 
 def test_tpr_at_low_fpr_needs_enough_negatives():

@@ -282,6 +282,12 @@ def _bootstrap(diff, sizes, seed_text: str):
     return stats.paired_bootstrap(diff, sizes, resamples=RESAMPLES, seed=derive_seed(0, "verdict", seed_text))
 
 
+def _bootstrap_mean(diffs, seed_text: str):
+    from ..seeding import derive_seed
+
+    return stats.paired_bootstrap_mean(diffs, resamples=RESAMPLES, seed=derive_seed(0, "verdict", seed_text))
+
+
 def _unit_text(n_units: int, n: int, what: str) -> str:
     level = "hierarchical bootstrap (seeds, then examples)" if n_units >= 2 else "paired bootstrap over examples"
     return f"{level}, {n:,} {what}, {n_units} seed(s)"
@@ -403,19 +409,17 @@ def _paired_calibration(comp: Comparison, units, metric: str, bins: int, key: st
             out.append({"correct": (pred == y).astype(float), "nll": -lp[np.arange(len(y)), y],
                         "conf": np.exp(lp.max(1))})
         pre.append(out)
-    if metric == "accuracy":
-        def diff(s, idx):
-            return pre[s][0]["correct"][idx[0]].mean() - pre[s][1]["correct"][idx[0]].mean()
-    elif metric == "nll":
-        def diff(s, idx):
-            return pre[s][0]["nll"][idx[0]].mean() - pre[s][1]["nll"][idx[0]].mean()
+    sizes = [(len(p[0]["correct"]),) for p in pre]
+    if metric in ("accuracy", "nll"):
+        field_ = "correct" if metric == "accuracy" else "nll"
+        comp.test = _bootstrap_mean([p[0][field_] - p[1][field_] for p in pre], key)
     else:
         def diff(s, idx):
             i = idx[0]
             return (stats.ece_binned(pre[s][0]["conf"][i], pre[s][0]["correct"][i], bins)
                     - stats.ece_binned(pre[s][1]["conf"][i], pre[s][1]["correct"][i], bins))
-    sizes = [(len(p[0]["correct"]),) for p in pre]
-    comp.test = _bootstrap(diff, sizes, key)
+
+        comp.test = _bootstrap(diff, sizes, key)
     comp.diff = comp.test.estimate
     comp.size = sizes[0][0]
     comp.method = _unit_text(len(units), sizes[0][0], "test examples")
@@ -547,8 +551,7 @@ def _robustness(claim: Claim, run, df, stf: str, others: list[str], arrays: Arra
                         est.low, est.high = stats.proportion_interval(int(c.sum()), len(c))
                     est.n_seeds = len(units)
                 corr = [(u[0][key].astype(float), u[1][key].astype(float)) for u in units]
-                comp.test = _bootstrap(lambda s, idx: corr[s][0][idx[0]].mean() - corr[s][1][idx[0]].mean(),
-                                       [(len(c[0]),) for c in corr], f"{stf}|{b}|rob|{eps}")
+                comp.test = _bootstrap_mean([c[0] - c[1] for c in corr], f"{stf}|{b}|rob|{eps}")
                 comp.diff, comp.size = comp.test.estimate, len(corr[0][0])
                 comp.method = _unit_text(len(units), len(corr[0][0]), "attacked examples")
                 if len(units) == 1:
