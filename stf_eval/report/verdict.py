@@ -158,7 +158,7 @@ NOT_MEASURED_WHY = {
     1: "needs STF-BNN, a baseline other than dp_sgd, and calibration or OOD records",
     2: "needs STF-BNN, a baseline other than dp_sgd, and robust_accuracy records at eps > 0",
     3: "needs STF-BNN, a model with plugin 'deterministic', and membership records",
-    4: "needs STF-BNN with efficiency records (a full BNN or the controlled SVI / full-BNN epoch ratio)",
+    4: "needs STF-BNN with efficiency records and a model with plugin 'full_bnn' (or the controlled SVI / full-BNN epoch ratio)",
 }
 
 
