@@ -44,7 +44,8 @@ def _records(model: str, arrays: dict) -> list[dict]:
     correct = lp.argmax(1) == y
     rec = lambda metric, value, **kw: {"model": model, "suite": kw.pop("suite", "calibration"), "dataset": "synthetic",
                                        "metric": metric, "value": float(value), "seed": 0, **kw}
-    rows = [rec("accuracy", correct.mean(), n=len(y)), rec("nll", -lp[np.arange(len(y)), y].mean(), n=len(y)),
+    lo, hi = stats.proportion_interval(int(correct.sum()), len(y))
+    rows = [rec("accuracy", correct.mean(), n=len(y), ci_low=lo, ci_high=hi), rec("nll", -lp[np.arange(len(y)), y].mean(), n=len(y)),
             rec("ece", stats.ece_binned(np.exp(lp.max(1)), correct), n=len(y))]
     ood = arrays["ood"]
     for s in ("near_set", "far_set"):
@@ -239,3 +240,50 @@ def test_guards_and_cost_from_controlled_measurements_only(tmp_path):
     V.judge(claim)
     assert claim.verdict == V.SUPPORTED and claim.comparisons[0].outcome == V.BETTER
     assert math.isclose(claim.comparisons[0].diff, -0.44)
+
+
+def test_merge_runs_of_one_configuration(tmp_path, fast):
+    import pandas as pd
+
+    from stf_eval.cli import main
+    from stf_eval.errors import ConfigError
+    from stf_eval.report.merge import merge_runs
+
+    a = write_run(tmp_path / "a", 11, seeds=(0,))
+    b = write_run(tmp_path / "b", 11, seeds=(1,))
+    for r, s in ((a, 1), (b, 0)):  # each run's config names its own seed
+        cfg = json.loads((r / "config.json").read_text())
+        (r / "config.json").write_text(json.dumps({**cfg, "seeds": [1 - s]}))
+    merged = merge_runs([a, b], tmp_path / "m")
+    run = load_run(merged)
+    assert run.seeds == [0, 1] and len(list((merged / "examples").glob("*.npz"))) == 16
+    over = pd.read_csv(merged / "over_seeds.csv")
+    acc = over[(over["metric"] == "accuracy") & (over["model"] == "stf_bnn")].iloc[0]
+    per_seed = [r["value"] for r in run.records if r["metric"] == "accuracy" and r["model"] == "stf_bnn"]
+    assert acc["n_seeds"] == 2 and acc["mean"] == pytest.approx(np.mean(per_seed))
+    assert acc["ci_low"] < acc["mean"] < acc["ci_high"]
+    claims = claims_of(merged)
+    assert "hierarchical" in next(c for c in claims[1].comparisons if c.metric == "accuracy").method
+    with pytest.raises(ConfigError, match="seed 0 is in both"):
+        merge_runs([a, a], tmp_path / "m2")
+    cfg = json.loads((b / "config.json").read_text())
+    (b / "config.json").write_text(json.dumps({**cfg, "suites": {"calibration": {"bins": 10}}}))
+    with pytest.raises(ConfigError, match="differs in suites"):
+        merge_runs([a, b], tmp_path / "m3")
+    assert main(["merge", str(a), str(a), "-o", str(tmp_path / "m4")]) == 2
+
+
+def test_compare_page_shows_signed_judged_differences(tmp_path):
+    from stf_eval.report.compare import compare_context
+
+    a = write_run(tmp_path / "a", 12)
+    b = write_run(tmp_path / "b", 13, base={"quality": 1.0})  # a much weaker deterministic net in run b
+    ctx = compare_context([a, b])
+    subs = {}
+    for table, _ in ctx["per_suite"]:
+        for row in table.body:
+            subs[row[0].text, row[1].text, row[2].text.split()[0], row[3].text] = row[5].sub
+    acc = subs["calibration", "deterministic", "accuracy", "dataset=synthetic"]
+    assert acc.startswith("\u0394 -") and acc.endswith("worse")  # signed, judged, in the metric's direction
+    nll = subs["calibration", "deterministic", "nll", "dataset=synthetic"]  # no interval recorded: delta only
+    assert nll.startswith("\u0394 +") and "[" not in nll
