@@ -16,6 +16,12 @@ def test_proportion_intervals_bracket_the_estimate():
     lo_e, hi_e = stats.proportion_interval(0, 128, method="exact")
     assert lo_e == 0.0 and hi_e == pytest.approx(1 - 0.025 ** (1 / 128), rel=1e-6)  # Clopper-Pearson at k = 0
     assert all(math.isnan(v) for v in stats.proportion_interval(0, 0))
+    from statsmodels.stats.proportion import proportion_confint
+
+    for k, n in ((1, 128), (0, 50), (50, 50), (37, 91)):
+        assert stats.proportion_interval(k, n) == pytest.approx(proportion_confint(k, n, method="wilson"))
+        assert stats.proportion_interval(k, n, method="exact") == pytest.approx(
+            proportion_confint(k, n, method="beta"), abs=1e-9)
 
 
 def test_auc_and_delong_interval_match_sklearn_and_the_bootstrap():

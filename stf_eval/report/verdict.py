@@ -25,6 +25,7 @@ and worse; **not enough evidence** when every comparison is inconclusive (with w
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -276,16 +277,20 @@ class Arrays:
         return out
 
 
-def _bootstrap(diff, sizes, seed_text: str):
-    from ..seeding import derive_seed
+def _seed(text: str) -> int:
+    """The bootstrap seed of one comparison: a function of what is compared only (models, metric,
+    setting), so a report renders the same numbers every time. (Not stf_eval.seeding, which imports
+    torch: the report stays torch-free.)"""
+    digest = hashlib.sha256(f"verdict\x1f{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
-    return stats.paired_bootstrap(diff, sizes, resamples=RESAMPLES, seed=derive_seed(0, "verdict", seed_text))
+
+def _bootstrap(diff, sizes, seed_text: str):
+    return stats.paired_bootstrap(diff, sizes, resamples=RESAMPLES, seed=_seed(seed_text))
 
 
 def _bootstrap_mean(diffs, seed_text: str):
-    from ..seeding import derive_seed
-
-    return stats.paired_bootstrap_mean(diffs, resamples=RESAMPLES, seed=derive_seed(0, "verdict", seed_text))
+    return stats.paired_bootstrap_mean(diffs, resamples=RESAMPLES, seed=_seed(seed_text))
 
 
 def _unit_text(n_units: int, n: int, what: str) -> str:
