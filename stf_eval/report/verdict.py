@@ -234,7 +234,10 @@ def decide(claim: Claim) -> None:
         claim.verdict, claim.reason = NOT_ENOUGH, summary
     if claim.verdict == NOT_ENOUGH and not claim.settle:
         tips = list(dict.fromkeys(x.settle for x in claim.comparisons if x.settle))
-        claim.settle = tips[:4] or ["more seeds and more test examples"]
+        sized = sorted((t for t in tips if t.startswith("about ")), key=lambda t: float(t.split()[1].rstrip("x")))
+        rest = [t for t in tips if not t.startswith("about ")]
+        claim.settle = ([f"closest to resolution: {sized[0]}"] if sized else []) + rest[:3] \
+            or ["more seeds and more test examples"]
 
 
 # -- arrays --------------------------------------------------------------------------------------------
