@@ -281,6 +281,45 @@ def paired_bootstrap_mean(diffs: Sequence[np.ndarray], resamples: int = 2000, se
     return Bootstrap(estimate, draws, n_seeds, (len(diffs[0]),), True)
 
 
+def _resample_counts(rng: np.random.Generator, n: int, draws: int) -> np.ndarray:
+    """[draws, n] multiplicities of each example in ``draws`` resamples of n with replacement."""
+    idx = rng.integers(0, n, size=(draws, n)) + (np.arange(draws) * n)[:, None]
+    return np.bincount(idx.ravel(), minlength=draws * n).reshape(draws, n)
+
+
+def _ece_weighted(weights: np.ndarray, conf: np.ndarray, correct: np.ndarray, bins: int) -> np.ndarray:
+    """ECE of every weighted resample at once: weights [B, n] -> [B] (same bins as ece_binned)."""
+    which = np.clip(np.searchsorted(np.linspace(0.0, 1.0, bins + 1), conf, side="right") - 1, 0, bins - 1)
+    onehot = np.zeros((len(conf), bins))
+    onehot[np.arange(len(conf)), which] = correct - conf
+    return np.abs(weights @ onehot).sum(1) / weights.sum(1)
+
+
+def paired_bootstrap_ece(units: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], bins: int = 15,
+                         resamples: int = 2000, seed: int = 0) -> Bootstrap:
+    """``paired_bootstrap`` of ECE(A) - ECE(B), vectorised: ``units[s]`` = (conf_a, correct_a, conf_b,
+    correct_b) of seed s on the same examples; the same resample weights serve both models."""
+    rng = np.random.default_rng(seed)
+    n_seeds = len(units)
+    estimate = float(np.mean([ece_binned(ca, ka, bins) - ece_binned(cb, kb, bins) for ca, ka, cb, kb in units]))
+    slots = 1 if n_seeds == 1 else n_seeds
+
+    def diffs(unit, count):
+        ca, ka, cb, kb = (np.asarray(x, float) for x in unit)
+        out = []
+        for b in range(0, count, 256):
+            w = _resample_counts(rng, len(ca), min(256, count - b)).astype(float)
+            out.append(_ece_weighted(w, ca, ka, bins) - _ece_weighted(w, cb, kb, bins))
+        return np.concatenate(out)
+
+    means = np.stack([diffs(u, resamples * slots).reshape(resamples, slots) for u in units])
+    if n_seeds == 1:
+        return Bootstrap(estimate, means[0, :, 0], 1, (len(units[0][0]),), False)
+    chosen = rng.integers(0, n_seeds, size=(resamples, n_seeds))
+    draws = means[chosen, np.arange(resamples)[:, None], np.arange(n_seeds)[None, :]].mean(1)
+    return Bootstrap(estimate, draws, n_seeds, (len(units[0][0]),), True)
+
+
 def holm_levels(pvalues: Sequence[float], alpha: float = 0.05) -> tuple[list[float], list[bool], list[float]]:
     """Holm's step-down correction of ``pvalues`` at family-wise level ``alpha``.
 

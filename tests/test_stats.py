@@ -112,6 +112,21 @@ def test_vectorised_mean_bootstrap_agrees_with_the_general_one():
         assert fast.interval() == pytest.approx(slow.interval(), abs=0.02)
 
 
+def test_vectorised_ece_bootstrap_agrees_with_the_general_one():
+    rng = np.random.default_rng(7)
+    units = []
+    for _ in range(2):
+        ca, cb = rng.beta(5, 1, 400), rng.beta(5, 1, 400)
+        units.append((ca, (rng.random(400) < ca).astype(float), cb, (rng.random(400) < cb * 0.95).astype(float)))
+    for us in (units[:1], units):
+        fast = stats.paired_bootstrap_ece(us, 15, resamples=1500, seed=1)
+        slow = stats.paired_bootstrap(lambda s, idx: stats.ece_binned(us[s][0][idx[0]], us[s][1][idx[0]])
+                                      - stats.ece_binned(us[s][2][idx[0]], us[s][3][idx[0]]),
+                                      [(400,)] * len(us), resamples=1500, seed=2)
+        assert fast.estimate == pytest.approx(slow.estimate) and fast.hierarchical == slow.hierarchical
+        assert fast.interval() == pytest.approx(slow.interval(), abs=0.01)
+
+
 def test_holm_levels_match_the_step_down_rule():
     adjusted, rejected, levels = stats.holm_levels([0.01, 0.04, 0.03, float("nan")], alpha=0.05)
     # sorted finite p: 0.01, 0.03, 0.04 tested at 0.05/3, 0.05/2, 0.05/1

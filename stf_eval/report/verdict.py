@@ -422,12 +422,8 @@ def _paired_calibration(comp: Comparison, units, metric: str, bins: int, key: st
         field_ = "correct" if metric == "accuracy" else "nll"
         comp.test = _bootstrap_mean([p[0][field_] - p[1][field_] for p in pre], key)
     else:
-        def diff(s, idx):
-            i = idx[0]
-            return (stats.ece_binned(pre[s][0]["conf"][i], pre[s][0]["correct"][i], bins)
-                    - stats.ece_binned(pre[s][1]["conf"][i], pre[s][1]["correct"][i], bins))
-
-        comp.test = _bootstrap(diff, sizes, key)
+        comp.test = stats.paired_bootstrap_ece([(p[0]["conf"], p[0]["correct"], p[1]["conf"], p[1]["correct"])
+                                                for p in pre], bins, RESAMPLES, _seed(key))
     comp.diff = comp.test.estimate
     comp.size = sizes[0][0]
     comp.method = _unit_text(len(units), sizes[0][0], "test examples")
