@@ -207,6 +207,8 @@ def _what_would_settle(c: Comparison) -> str:
     factor = (half / d) ** 2
     if factor > 100:
         return "the observed difference is far inside the noise; more data would likely show equivalence, not a difference"
+    if factor <= 1.0:
+        return "about 1x more data (the corrected interval only just includes zero)"
     unit = f"{c.size:,} examples" if c.size else "the data"
     return f"about {math.ceil(factor * 10) / 10:g}x {unit} (or as many more seeds) to resolve a difference this size"
 
