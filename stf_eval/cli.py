@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--rel-tol", type=float, default=0.05,
                      help="NLL, seconds, parameters, memory, latency, epsilon differ if |a-b| > rel_tol * "
                           "max(|a|, |b|) (default 0.05)")
+
+    mrg = sub.add_parser("merge", help="merge runs of one configuration with different seeds into one run",
+                         description="Merge finished runs of the same configuration (only seeds differ) into one "
+                                     "run directory: records, per-example arrays and figures, a report with means "
+                                     "over seeds and over_seeds.csv (mean, std, 95% t interval per figure).")
+    mrg.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding results.json")
+    mrg.add_argument("-o", "--output", required=True, help="the merged run directory to create")
     return p
 
 
@@ -141,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
             from .report.compare import render_compare
 
             print(render_compare(args.run_dirs, args.output, rel_tol=args.rel_tol, abs_tol=args.abs_tol))
+        elif args.command == "merge":
+            from .report.html import render_run
+            from .report.merge import merge_runs
+
+            print(render_run(merge_runs(args.run_dirs, args.output)))
         else:
             _parser().print_help()
             return 2

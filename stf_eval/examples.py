@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import atomic_write_bytes
 from .paths import inside
 
 EXAMPLES_DIR = "examples"
@@ -25,6 +24,8 @@ def examples_path(run_dir: Path, suite: str, model: str, seed: int) -> Path:
 
 def write_examples(run_dir: Path, suite: str, model: str, seed: int, arrays: dict[str, np.ndarray]) -> Path:
     """Write one (suite, model, seed) file atomically; returns its path."""
+    from .cache import atomic_write_bytes  # here, not at the top: cache imports torch, readers need none
+
     path = examples_path(run_dir, suite, model, seed)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)

@@ -207,13 +207,48 @@ def test_suite_records_every_metric_with_intervals_and_shifts(fitted_models, tin
     assert any("examples per bin" in n["text"] for n in ctx.notes)
 
 
+def test_records_recomputed_from_the_saved_per_example_arrays(fitted_models, tiny_data, tmp_path):
+    """The saved npz holds what the records say: ECE and accuracy recomputed by independent numpy code
+    from test/log_probs and test/label; the accuracy interval is Wilson, the ECE interval holds the ECE."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    from stf_eval.examples import load_examples, write_examples
+
+    model = fitted_models("deterministic")
+    ctx = _run_suite(model, tiny_data, tmp_path, bootstrap=30, shifts=["contrast"], severities=[2],
+                     shift_max_examples=50)
+    write_examples(tmp_path, "calibration", "m", 0, ctx.examples["calibration"])
+    arrays = load_examples(tmp_path, suite="calibration")["calibration", "m", 0]
+    assert arrays["test/log_probs"].dtype == np.float32 and arrays["test/label"].dtype == np.int16
+    assert arrays["shift/contrast/2/log_probs"].dtype == np.float16
+    assert arrays["shift/contrast/2/index"].shape == (50,) and arrays["test/index"].dtype == np.int32
+    rows = {(r["metric"], r["shift"], r["severity"]): r for r in ctx.records}
+    p = np.exp(arrays["test/log_probs"].astype(np.float64))
+    y = arrays["test/label"].astype(int)
+    conf, pred = p.max(1), p.argmax(1)
+    edges = np.linspace(0, 1, 16)
+    ece = sum(abs(((pred == y) & m).sum() - conf[m].sum()) for m in
+              ((conf >= lo) & ((conf < hi) if hi < 1 else (conf <= hi)) for lo, hi in zip(edges[:-1], edges[1:])))
+    assert rows["ece", None, None]["value"] == pytest.approx(ece / len(y), abs=1e-5)
+    acc = rows["accuracy", None, None]
+    assert acc["value"] == pytest.approx((pred == y).mean())
+    assert (acc["ci_low"], acc["ci_high"]) == pytest.approx(
+        proportion_confint((pred == y).sum(), len(y), method="wilson"))
+    e = rows["ece", None, None]
+    assert e["ci_low"] <= e["value"] <= e["ci_high"]
+    shifted = np.exp(arrays["shift/contrast/2/log_probs"].astype(np.float64))
+    assert rows["accuracy", "contrast", 2]["value"] == pytest.approx(
+        (shifted.argmax(1) == tiny_data.test.y.numpy()[arrays["shift/contrast/2/index"]]).mean())
+
+
 def test_suite_shift_subset_and_no_bootstrap(fitted_models, tiny_data, tmp_path):
     model = fitted_models("deterministic")
     ctx = _run_suite(model, tiny_data, tmp_path, bootstrap=0, shifts=["contrast"], severities=[2],
                      shift_max_examples=100, shift_seed=3)
     shifted = [r for r in ctx.records if r["shift"] == "contrast"]
     assert len(shifted) == 7 and all(r["n"] == 100 for r in shifted)
-    assert all(r["ci_low"] is None for r in ctx.records)
+    # without resampling only accuracy has an interval (Wilson needs no resampling)
+    assert all((r["ci_low"] is None) == (r["metric"] != "accuracy" or r["shift"] == "mean") for r in ctx.records)
     assert "shift:contrast:2:seed3:n100" in ctx.prediction_keys
 
 

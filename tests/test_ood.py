@@ -159,6 +159,35 @@ def test_suite_records_per_set_and_group_means(fitted_models, tiny_data, tmp_pat
     assert any("positive" in n["text"] for n in ctx.notes)
 
 
+def test_auroc_recomputed_from_the_saved_scores(fitted_models, tiny_data, tmp_path):
+    """An OOD AUROC record recomputed by sklearn from the saved per-example scores; its DeLong interval
+    contains it, and the near/far group means have one too."""
+    from sklearn.metrics import roc_auc_score
+
+    from stf_eval.context import EvalContext
+    from stf_eval.examples import load_examples, write_examples
+    from stf_eval.suites.ood import OodDetection
+
+    model = fitted_models("deterministic")
+    ctx = EvalContext(model_name="m", model=model, data=tiny_data, seed=0, run_dir=tmp_path, device=model.device)
+    ctx.suite = "ood"
+    OodDetection(name="ood").run(model, tiny_data, ctx)
+    write_examples(tmp_path, "ood", "m", 0, ctx.examples["ood"])
+    arrays = load_examples(tmp_path, suite="ood", model="m", seed=0)["ood", "m", 0]
+    rows = {(r["metric"], r["ood_set"], r["score"]): r for r in ctx.records}
+    for set_name in ("uniform_noise", "rotated_digits"):
+        s_in, s_out = arrays["test/score/entropy"], arrays[f"ood/{set_name}/score/entropy"]
+        assert s_in.dtype == np.float32 and len(s_out) == 100
+        assert arrays[f"ood/{set_name}/log_probs"].shape == (100, 10)
+        y = np.r_[np.ones(len(s_in)), np.zeros(len(s_out))]
+        row = rows["auroc", set_name, "entropy"]
+        assert row["value"] == pytest.approx(roc_auc_score(y, np.r_[s_in, s_out]), abs=1e-4)
+        assert row["ci_low"] <= row["value"] <= row["ci_high"]
+    for group in ("near_mean", "far_mean"):
+        row = rows["auroc", group, "entropy"]
+        assert row["ci_low"] <= row["value"] <= row["ci_high"]
+
+
 def test_suite_skips_without_ood_sets(fitted_models, tiny_data):
     from dataclasses import replace
 

@@ -3,7 +3,14 @@
 A value differs from the reference (the first run that has it), on the means over seeds, when
 ``|a - b| > abs_tol`` for rates and scores bounded by 1 (accuracy, ECE, AUROC, TPR, ...), and when
 ``|a - b| > rel_tol * max(|a|, |b|)`` for unbounded figures (NLL, seconds, parameters, memory,
-latency, epsilon). A row that exists in some runs only is marked as such. The in-distribution dataset is not part of the key, so runs on two
+latency, epsilon). A row that exists in some runs only is marked as such.
+
+Beside each value that is not the reference, the signed difference from the reference and, where
+the records allow (several seeds on both sides, or recorded intervals, or an accuracy with its n),
+its interval and a judgment by the verdict's machinery (docs/report.md): the runs are independent,
+so the difference is unpaired; Holm's correction runs over every judged cell of the page; the cell
+reads better / worse (in the metric's direction), equivalent (inside the verdict's margin) or
+inconclusive. The in-distribution dataset is not part of the key, so runs on two
 datasets line up; any other dataset named in a record is.
 """
 
@@ -17,6 +24,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .headline import headlines
 from .load import RunData, load_run, records_frame, write_text
+from ..metrics.names import better
 from .stats import Stat, fmt, fmt_pm, fmt_setting, seed_stats
 from .tables import Cell, Table, metric_label
 
@@ -56,7 +64,44 @@ def _setting_text(key: tuple) -> str:
     return " ".join(f"{k.replace('other_', '')}={fmt_setting(d[k])}" for k in SETTINGS if d[k] != "")
 
 
-def _cells(values: list[Stat | None], metric: str, rel_tol: float, abs_tol: float) -> tuple[list[Cell], str, float]:
+def judge_deltas(keys: list[tuple], stats: list[dict], alpha: float = 0.05) -> dict[tuple, list[str]]:
+    """{key: [sub text per run]}: the signed difference from the reference run, with an interval and
+    a Holm-corrected judgment where the records allow one."""
+    from .verdict import BETTER, EQUIVALENT, INCONCLUSIVE, MARGINS, WORSE, _from_records, oriented
+    from .. import stats as st
+
+    cells = []  # (key, run index, metric, delta, test)
+    for key in keys:
+        values = [s.get(key) for s in stats]
+        ref = next((v for v in values if v is not None), None)
+        metric = dict(zip(KEY, key))["metric"]
+        for i, v in enumerate(values):
+            if v is None or v is ref or ref is None or math.isnan(v.mean) or math.isnan(ref.mean):
+                continue
+            test, _ = _from_records(v, ref, metric)
+            cells.append((key, i, metric, v.mean - ref.mean, test))
+    tested = [c for c in cells if c[4] is not None]
+    _, rejected, levels = st.holm_levels([c[4].pvalue for c in tested], alpha)
+    verdicts = {}
+    for (key, i, metric, d, test), rej, level in zip(tested, rejected, levels):
+        lo, hi = test.interval(level)
+        margin = MARGINS.get(metric, math.nan)
+        if rej and (lo > 0 or hi < 0):
+            word = (BETTER if oriented(metric) * d > 0 else WORSE) if better(metric) else "differs"
+        elif math.isfinite(margin) and -margin <= lo and hi <= margin:
+            word = EQUIVALENT
+        else:
+            word = INCONCLUSIVE
+        verdicts[key, i] = f" [{fmt(lo, metric)}, {fmt(hi, metric)}] {word}"
+    out: dict[tuple, list[str]] = {}
+    for key, i, metric, d, _ in cells:
+        sign = "+" if d > 0 else ""
+        out.setdefault(key, [""] * len(stats))[i] = f"\u0394 {sign}{fmt(d, metric)}" + verdicts.get((key, i), "")
+    return out
+
+
+def _cells(values: list[Stat | None], metric: str, rel_tol: float, abs_tol: float,
+           subs: list[str] | None = None) -> tuple[list[Cell], str, float]:
     present = [v for v in values if v is not None]
     ref = present[0] if present else None
     cells, status, spread = [], "same", 0.0
@@ -71,14 +116,15 @@ def _cells(values: list[Stat | None], metric: str, rel_tol: float, abs_tol: floa
             cls, status = "diff", "differs"
         if ref is not None and not (math.isnan(v.mean) or math.isnan(ref.mean)):
             spread = max(spread, abs(v.mean - ref.mean))
-        cells.append(Cell(text, cls=cls, title=f"mean over {v.n} seed(s)"))
+        cells.append(Cell(text, cls=cls, title=f"mean over {v.n} seed(s)",
+                          sub=(subs[len(cells)] if subs else "")))
     if partial:
         status = "partial"
     return cells, status, spread
 
 
 def key_table(title: str, keys: list[tuple], stats: list[dict], labels: list[str], rel_tol: float,
-              abs_tol: float, caption: str = "") -> tuple[Table, int]:
+              abs_tol: float, caption: str = "", deltas: dict | None = None) -> tuple[Table, int]:
     head = [[Cell("suite", header=True, cls="rowkey"), Cell("model", header=True, cls="rowkey"),
              Cell("metric", header=True, cls="rowkey"), Cell("setting", header=True, cls="rowkey")]
             + [Cell(lab, header=True) for lab in labels] + [Cell("max |\u0394|", header=True,
@@ -86,7 +132,8 @@ def key_table(title: str, keys: list[tuple], stats: list[dict], labels: list[str
     body, n_diff = [], 0
     for key in keys:
         d = dict(zip(KEY, key))
-        cells, status, spread = _cells([s.get(key) for s in stats], d["metric"], rel_tol, abs_tol)
+        cells, status, spread = _cells([s.get(key) for s in stats], d["metric"], rel_tol, abs_tol,
+                                       (deltas or {}).get(key))
         n_diff += status != "same"
         body.append([Cell(str(d["suite"]), header=True, cls="rowkey"), Cell(str(d["model"]), cls="l"),
                      Cell(metric_label(d["metric"]), cls="l"), Cell(_setting_text(key), cls="l")]
@@ -161,11 +208,12 @@ def compare_context(run_dirs: list[str | Path], rel_tol: float = 0.05, abs_tol: 
     stats = [run_stats(r) for r in runs]
     keys = list(dict.fromkeys(k for s in stats for k in s))
     suites = list(dict.fromkeys(k[0] for k in keys))
+    deltas = judge_deltas(keys, stats)
     diff_keys = []
     per_suite = []
     for suite in suites:
         ks = [k for k in keys if k[0] == suite]
-        table, n_diff = key_table(suite, ks, stats, labels, rel_tol, abs_tol)
+        table, n_diff = key_table(suite, ks, stats, labels, rel_tol, abs_tol, deltas=deltas)
         per_suite.append((table, n_diff))
     for k in keys:
         _, status, _ = _cells([s.get(k) for s in stats], k[2], rel_tol, abs_tol)
@@ -173,7 +221,10 @@ def compare_context(run_dirs: list[str | Path], rel_tol: float = 0.05, abs_tol: 
             diff_keys.append(k)
     differences, _ = key_table("Differences", diff_keys, stats, labels, rel_tol, abs_tol,
                                caption="Rows whose value differs beyond the tolerance in some run, or that "
-                                       "exist in some runs only.")
+                                       "exist in some runs only. Under each value: the signed difference from "
+                                       "the reference run (\u0394) and, where the records allow, its "
+                                       "Holm-corrected interval and judgment (unpaired: the runs are "
+                                       "independent; docs/report.md).", deltas=deltas)
     runs_head = [[Cell("run", header=True, cls="rowkey")] + [Cell(x, header=True) for x in
                                                               ("directory", "dataset", "seeds", "models", "records",
                                                                "device", "git commit", "time (UTC)")]]

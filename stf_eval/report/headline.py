@@ -3,7 +3,7 @@
 Each selection is fixed in advance and stated in the column's tooltip, never chosen per model:
 - accuracy, NLL, ECE: the calibration records on the clean test split (no shift);
 - OOD AUROC: one score for every model (``entropy`` if recorded, else ``msp``, else the first), mean
-  over the per-set AUROCs;
+  over the per-set AUROCs; with near and far sets, also the near and the far mean apart;
 - robust accuracy: PGD (else the first attack) at the middle eps of the sweep (lower median of eps > 0);
 - MIA AUC and TPR@1%FPR: the maximum over the attacks run (the strongest attack bounds the leak);
 - train seconds: the ``total`` stage (else the sum of the stages); trainable parameters; latency.
@@ -96,6 +96,13 @@ def headlines(df, run) -> list[Headline]:
         out.append(Headline("ood_auroc", "auroc", f"OOD AUROC ({score})",
                             f"AUROC with score '{score}', mean over the OOD sets {', '.join(map(str, sets))}",
                             _reduce(sel, "mean")))
+        groups = run.ood_groups()
+        by_group = {g: [s for s in sets if groups.get(s) == g] for g in ("near", "far")}
+        if all(by_group.values()):  # near and far apart (OpenOOD reports them apart): a far-heavy mean hides near
+            for g, members in by_group.items():
+                out.append(Headline(f"ood_auroc_{g}", "auroc", f"{g} OOD AUROC ({score})",
+                                    f"AUROC with score '{score}', mean over the {g} OOD sets {', '.join(map(str, members))}",
+                                    _reduce(sel[sel["ood_set"].isin(members)], "mean")))
     attack, eps = headline_attack(df)
     if attack is not None and eps is not None:
         sel = df[(df["metric"] == "robust_accuracy") & (df["attack"] == attack)]

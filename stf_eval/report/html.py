@@ -18,10 +18,11 @@ from .load import load_run, records_frame, write_text
 from .sections import FIGURE_CHOICES, build_sections
 from .stats import fmt
 from .summary import metadata, models_table, records_rows, summary_table, timings_table
-from .verdict import claims_for
+from .verdict import ALPHA, MARGINS, claims_for, guards_for
 
 VERDICT_CLASS = {"supported": "v-yes", "not supported": "v-no", "mixed": "v-mixed",
-                 "not measured in this run": "v-na"}
+                 "not enough evidence": "v-na", "not measured in this run": "v-na"}
+OUTCOME_CLASS = {"better": "best", "worse": "fail", "equivalent": "", "inconclusive": "missing"}
 
 
 def environment() -> Environment:
@@ -53,6 +54,10 @@ def run_context(run_dir: str | Path, figures: str = "first-seed") -> dict:
         "summary": summary_table(heads, models, run.plugin_of),
         "claims": claims_for(run, df, heads, models),
         "verdict_class": VERDICT_CLASS,
+        "outcome_class": OUTCOME_CLASS,
+        "guards": guards_for(run, df, models),
+        "alpha": ALPHA,
+        "margins": MARGINS,
         "sections": build_sections(run, df, models, figures),
         "figures_choice": figures,
         "models_table": models_table(run, models),

@@ -107,7 +107,10 @@ def load_run(run_dir: str | Path) -> RunData:
     path = Path(run_dir)
     if not path.is_dir():
         raise RunDirError(f"{path}: not a directory (expected a finished stf-eval run directory)")
-    results = _read_json(path / "results.json", required=True)
+    if not (path / "results.json").is_file() and (path / "results.csv").is_file():
+        results = _results_from_csv(path / "results.csv")  # a published run may ship the CSV only
+    else:
+        results = _read_json(path / "results.json", required=True)
     records = results.get("records")
     if not isinstance(records, list):
         raise RunDirError(f"{path / 'results.json'}: no 'records' list (not an stf-eval results file)")
@@ -118,6 +121,27 @@ def load_run(run_dir: str | Path) -> RunData:
     return RunData(path=path, results=results, config=_read_json(path / "config.json"),
                    environment=_read_json(path / "environment.json"),
                    splits=_read_json(path / "splits.json"))
+
+
+def _results_from_csv(path: Path) -> dict:
+    """results.json's records rebuilt from results.csv (cells and run metadata are not in the CSV)."""
+    import csv
+
+    def value(col, text):
+        if text == "":
+            return None
+        if col in ("value", "ci_low", "ci_high", "eps"):
+            return float(text)
+        if col in ("seed", "severity", "n"):
+            return int(float(text))
+        return text
+
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [{k: value(k, v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
+        raise RunDirError(f"{path}: unreadable ({type(exc).__name__}: {exc})".replace("\n", " ")) from exc
+    return {"records": rows, "cells": []}
 
 
 def records_frame(run: RunData):

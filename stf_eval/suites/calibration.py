@@ -10,6 +10,7 @@ import numpy as np
 from ..metrics import calibration as cal
 from ..metrics.predictive import log_mean_probs, mean_probs
 from ..params import require
+from ..seeding import derive_seed
 from ..registry import SUITES
 from ..shifts import SEVERITIES, SHIFTS, apply_shift, shift_key
 from .base import SuitePlugin
@@ -69,40 +70,57 @@ class Calibration(SuitePlugin):
             f"bin (low to high): {cal.bin_counts(conf, p.bins).tolist()}; ece_adaptive: {p.adaptive_bins} "
             f"equal-mass bins ({n_adaptive} after merging tied confidences); ece_classwise: {p.bins} "
             f"equal-width bins per class, mean over {probs.shape[1]} classes. "
-            + (f"ci_low/ci_high: {p.ci_level:.0%} percentile bootstrap over test examples, "
-               f"{p.bootstrap} resamples; binned errors (ece*, mce) are biased upward "
-               "by sampling noise, more so in resamples (about 63% distinct examples), so their interval can "
-               "lie above the estimate."
+            + f"accuracy: {p.ci_level:.0%} Wilson interval over the n test examples. "
+            + (f"ece: {p.ci_level:.0%} BCa bootstrap interval ({p.bootstrap} resamples), which corrects the "
+               "upward bias of the binned ECE and contains the estimate (if even BCa excludes it, the bootstrap "
+               "spread re-centred on the estimate). nll, brier, ece_adaptive, ece_classwise, mce: percentile "
+               f"bootstrap over test examples, {p.bootstrap} resamples; the binned ones (ece_adaptive, "
+               "ece_classwise, mce) are biased upward in resamples, so their interval can lie above the estimate."
                if p.bootstrap else "No bootstrap intervals (bootstrap = 0).")
         )
+        ctx.save_examples({"test/index": np.arange(len(labels), dtype=np.int32),
+                           "test/label": labels.astype(np.int16),
+                           "test/log_probs": log_mean_probs(logits).astype(np.float32)})
         self._reliability_figure(ctx, conf, correct, clean)
         if p.shifts and p.severities:
             self._under_shift(ctx, data, labels, clean)
 
     # -- pieces -------------------------------------------------------------------------------
     def _evaluate(self, ctx, logits, labels: np.ndarray, resamples: int, **settings) -> dict[str, float]:
-        """Every metric of ``logits`` [S, N, C] recorded with ``settings`` (and intervals if asked)."""
+        """Every metric of ``logits`` [S, N, C] recorded with ``settings`` (and intervals if asked).
+
+        accuracy: Wilson interval (always; it needs no resampling); ece: BCa bootstrap interval that
+        contains the estimate (stf_eval.stats.ece_interval); the others: percentile bootstrap."""
+        from .. import stats
+
         p = self.params
         probs, logp = mean_probs(logits), log_mean_probs(logits)
         values = cal.calibration_metrics(probs, labels, logp, p.bins, p.adaptive_bins)
-        intervals = {}
+        n = len(labels)
+        intervals = {"accuracy": stats.proportion_interval(round(values["accuracy"] * n), n, p.ci_level)}
         if resamples:
-            intervals = cal.bootstrap_intervals(
+            intervals = {**cal.bootstrap_intervals(
                 lambda idx: cal.calibration_metrics(probs[idx], labels[idx], logp[idx], p.bins, p.adaptive_bins),
-                len(labels), resamples, seed=ctx.seed, level=p.ci_level)
+                n, resamples, seed=derive_seed(ctx.seed, "calibration-bootstrap", *settings.values()),
+                level=p.ci_level), **intervals}
+            conf, correct = cal.top_label(probs, labels)
+            lo, hi, _ = stats.ece_interval(conf, correct, p.bins, p.ci_level, resamples,
+                                           seed=derive_seed(ctx.seed, "ece-interval", *settings.values()))
+            intervals["ece"] = (lo, hi)
         for metric in METRICS:
             lo, hi = intervals.get(metric, (None, None))
-            ctx.record(metric, values[metric], n=len(labels), ci_low=lo, ci_high=hi, **settings)
+            ctx.record(metric, values[metric], n=n, ci_low=lo, ci_high=hi, **settings)
         return values
 
     def _under_shift(self, ctx, data, labels: np.ndarray, clean: dict[str, float]) -> None:
         p = self.params
         x = data.test.x
         subset = 0
+        index = np.arange(len(labels), dtype=np.int32)
         if p.shift_max_examples and len(labels) > p.shift_max_examples:
             subset = p.shift_max_examples
             pick = np.sort(np.random.default_rng(p.shift_seed).choice(len(labels), subset, replace=False))
-            x, labels = x[pick], labels[pick]
+            x, labels, index = x[pick], labels[pick], pick.astype(np.int32)
             # the figure's severity-0 point: the clean metrics of the same subset (not recorded)
             test_logits = ctx.samples("test")[:, pick]
             clean = cal.calibration_metrics(mean_probs(test_logits), labels, log_mean_probs(test_logits),
@@ -115,6 +133,8 @@ class Calibration(SuitePlugin):
                 logits = ctx.samples_of(key, apply_shift(x, name, severity, p.shift_seed))
                 table[name, severity] = self._evaluate(ctx, logits, labels, resamples, shift=name,
                                                        severity=severity)
+                ctx.save_examples({f"shift/{name}/{severity}/index": index,
+                                   f"shift/{name}/{severity}/log_probs": log_mean_probs(logits).astype(np.float16)})
         for severity in p.severities:  # mean over corruption types at each severity
             for metric in METRICS:
                 ctx.record(metric, np.mean([table[s, severity][metric] for s in p.shifts]), shift="mean",

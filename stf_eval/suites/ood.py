@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import stats
 from ..errors import ConfigError
 from ..metrics.ood import SCORES, ood_metrics, ood_scores
+from ..metrics.predictive import log_mean_probs
 from ..params import require
 from ..registry import SUITES
 from .base import SuitePlugin
@@ -74,24 +76,33 @@ class OodDetection(SuitePlugin):
             for score in scores:
                 values = ood_metrics(score_in[score], score_out[name][score])
                 per_set[name][score] = values
+                _, lo, hi = stats.auc_delong(score_in[score], score_out[name][score])
                 for metric, value in values.items():
-                    ctx.record(metric, value, ood_set=name, score=score, group=ood.group, n=len(ood.x))
+                    ci = {"ci_low": lo, "ci_high": hi} if metric == "auroc" else {}
+                    ctx.record(metric, value, ood_set=name, score=score, group=ood.group, n=len(ood.x), **ci)
+            ctx.save_examples({f"ood/{name}/score/{s}": v.astype(np.float32) for s, v in score_out[name].items()})
+            ctx.save_examples({f"ood/{name}/log_probs": log_mean_probs(ctx.samples(f"ood:{name}"))
+                               .astype(np.float16)})
+        ctx.save_examples({f"test/score/{s}": v.astype(np.float32) for s, v in score_in.items()})
         for group in GROUPS:
             members = [n for n in per_set if data.ood[n].group == group]
             if not members:
                 continue
             for score in scores:
+                _, lo, hi = stats.auc_mean_delong(score_in[score], [score_out[n][score] for n in members])
                 for metric in METRICS:
+                    ci = {"ci_low": lo, "ci_high": hi} if metric == "auroc" else {}
                     ctx.record(metric, np.mean([per_set[n][score][metric] for n in members]),
                                ood_set=f"{group}_mean", score=score, group=group, n=len(members),
-                               note=f"mean over {group} sets: {', '.join(members)}")
+                               note=f"mean over {group} sets: {', '.join(members)}", **ci)
         ctx.note(
             f"in-distribution = the test split ({id_logits.shape[1]} examples), the positive class. Every "
             "score is oriented so that higher = more in-distribution (entropy and mutual_information are "
             "negated). fpr95 = fraction of an OOD set accepted (score >= threshold) at the highest "
             "threshold accepting >= 95% of the test split. aupr_* integrate the precision-recall curve "
             "with the trapezoid rule (OpenOOD v1.5). ood_set = near_mean / far_mean rows average the sets "
-            "of that group (n = number of sets)."
+            "of that group (n = number of sets). auroc ci_low/ci_high: 95% DeLong interval (for a group mean, "
+            "with the covariance of the shared test-split scores); n of a set's rows = its OOD examples."
         )
         self._figure(ctx, scores, score_in, score_out, per_set, data)
 
