@@ -380,3 +380,39 @@ def dp_audit(scores: np.ndarray, is_member: np.ndarray, select: np.ndarray, delt
     eps, form = epsilon_lower_bound(tp_e, n_pos_e, fp_e, n_neg_e, delta, confidence)
     return {"eps_lb": eps, "form": form, "threshold": t, "tp": tp_e, "n_members": n_pos_e, "fp": fp_e,
             "n_non_members": n_neg_e, "selection_bound": float(bounds.max()) if len(bounds) else 0.0}
+
+
+# -- reading the saved per-example arrays (examples/membership--<model>--seed<s>.npz) ---------------
+
+
+def targets_in_examples(arrays: dict) -> list[str]:
+    """Key prefixes of the targets in one file: ``["target0/", ...]`` (shared design) or ``[""]``."""
+    if "is_member" in arrays:
+        return [""]
+    found = sorted({k.split("/", 1)[0] for k in arrays if k.startswith("target") and k.endswith("/is_member")},
+                   key=lambda t: int(t[len("target"):]))
+    return [f"{t}/" for t in found]
+
+
+def attacks_in_examples(arrays: dict) -> list[str]:
+    prefixes = targets_in_examples(arrays)
+    if not prefixes:
+        return []
+    head = f"{prefixes[0]}score/"
+    return [k[len(head):] for k in arrays if k.startswith(head)]
+
+
+def pooled_from_examples(arrays: dict, attack: str) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, is_member) of ``attack`` over every target of one file, concatenated."""
+    prefixes = targets_in_examples(arrays)
+    scores = np.concatenate([np.asarray(arrays[f"{t}score/{attack}"], float) for t in prefixes])
+    truth = np.concatenate([np.asarray(arrays[f"{t}is_member"], bool) for t in prefixes])
+    return scores, truth
+
+
+def exposed_identities(arrays: dict) -> list[tuple[int, int]]:
+    """The top-exposed examples of one file as (split: 0 train / 1 test, position in that split)."""
+    if "exposure/top" not in arrays:
+        return []
+    top = np.asarray(arrays["exposure/top"], int)
+    return list(zip(np.asarray(arrays["pool/split"])[top].tolist(), np.asarray(arrays["pool/index"])[top].tolist()))
