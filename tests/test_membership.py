@@ -281,6 +281,19 @@ def test_shared_design_targets_in_turn_and_the_saved_arrays_reproduce_the_record
     top = arrays["exposure/top"]
     assert len(top) == 16 and arrays["exposure/score"][top[0]] == np.nanmax(arrays["exposure/score"])
     assert {f["name"] for f in ctx.figures} == {"exposed", "roc"}
+    # the report's overlay and overlap table read the same arrays back
+    from stf_eval.examples import write_examples
+    from stf_eval.report.figures import exposed_overlap_table, membership_roc_overlay
+
+    other = dict(arrays)
+    other["exposure/top"] = arrays["exposure/top"][::-1].copy()
+    other["exposure/top"][:8] = np.setdiff1d(np.arange(len(arrays["pool/label"])), arrays["exposure/top"])[:8]
+    write_examples(tmp_path, "membership", "a", 0, arrays)
+    write_examples(tmp_path, "membership", "b", 0, other)
+    figure = membership_roc_overlay(tmp_path, "membership", ["a", "b"], {})
+    assert figure is not None and figure.uri.startswith("data:image/svg+xml")
+    table = exposed_overlap_table(tmp_path, "membership", ["a", "b"])
+    assert [[c.text for c in row[1:]] for row in table.body] == [["1.00", "0.50"], ["0.50", "1.00"]]
 
 
 def test_allow_list_and_small_pool_are_skipped_with_a_reason(fitted_models, tiny_data):
