@@ -173,9 +173,9 @@ class ConstantModel(ModelPlugin):
         return []
 
 
-def _run_suite(model, data, tmp_path, build_like, **params):
+def _run_suite(model, data, tmp_path, build_like, seed=0, **params):
     suite = Membership(parse_params(Membership.Params, params, "membership"), "membership")
-    ctx = EvalContext(model_name="target", model=model, data=data, seed=0, run_dir=tmp_path,
+    ctx = EvalContext(model_name="target", model=model, data=data, seed=seed, run_dir=tmp_path,
                       device=torch.device("cpu"), build_like=build_like)
     ctx.suite = "membership"
     assert suite.skip_reason(model, data) is None
@@ -222,8 +222,15 @@ def test_target_design_detects_an_overfitted_model_and_a_constant_model_is_at_ch
     draws = json.loads((tmp_path / "figures" / "membership--target--seed0--references.json").read_text())
     assert len(draws["references"]) == 2 and draws["references"][0]["seed"] == 1000
 
+    import dataclasses
+
+    from stf_eval.cache import CheckpointCache
+
+    # its own (empty) cache: the real model's cached pool predictions must not stand in for it
+    plain = dataclasses.replace(target.ctx, cache=CheckpointCache(None))
+
     def constant(bundle, seed):
-        return ConstantModel(None, target.ctx).fit(bundle)
+        return ConstantModel(None, plain).fit(bundle)
 
     flat, flat_ctx = _run_suite(constant(data, 0), data, tmp_path, constant, design="target", num_references=2)
     for attack in ATTACKS:
@@ -254,6 +261,12 @@ def test_shared_design_targets_in_turn_and_the_saved_arrays_reproduce_the_record
     assert rows[("mia_auc", "lira_online")]["ci_low"] < rows[("mia_auc", "lira_online")]["value"]
     assert rows[("mia_reference_seconds", None)]["n"] == 3  # references per target
     assert table[("mia_auc_pooled", "lira_offline")] > 0.7  # the overfitted recipe leaks
+    # another cell seed: the same models and pool predictions from the cache, the same numbers
+    built.clear()
+    again, _ = _run_suite(target, data, tmp_path / "again", build_like, seed=1, num_references=3)
+    assert built == []
+    assert {k: v for k, v in again.items() if k[0] not in ("mia_reference_seconds", "generalization_gap")} == \
+        {k: v for k, v in table.items() if k[0] not in ("mia_reference_seconds", "generalization_gap")}
     # the gap attack is the floor: its balanced accuracy is 1/2 + the members' minus non-members' accuracy / 2
     ctx.suite = "membership"
     arrays = ctx.examples["membership"]
@@ -337,7 +350,7 @@ def test_zero_references_runs_threshold_attacks_only(fitted_models, tiny_data, t
     params = {"num_references_per_model": {"target": 0}}
     table, ctx = _run_suite(model, tiny_data, tmp_path, refuse, **params)
     assert {a for _, a in table if a} == set(ATTACKS) - set(REFERENCE_ATTACKS)
-    assert any("threshold attacks only" in n["text"] for n in ctx.notes)
+    assert any("threshold attacks on the cell's own model only" in n["text"] for n in ctx.notes)
 
 
 # -- the new pieces: resolution, gap, memberships, exposure, DP audit ----------------------------------

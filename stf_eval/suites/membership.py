@@ -437,22 +437,19 @@ class Membership(SuitePlugin):
         p_true = np.empty((n_models, len(pool)))
         log_probs = None
         start, trained, cached = time.perf_counter(), 0.0, 0
-        for r, ((half, seed), mask) in enumerate(zip(plan.builds(), plan.in_mask)):
-            ref = ctx.build_like(half, seed)
+        for r, (half, seed) in enumerate(plan.builds()):
             # the shared models' predictions are drawn from (reference_seed, model, r): the same for
             # every cell seed; the target design's from the cell seed, as before
             draw = ((p.reference_seed, "membership-reference-predict", ctx.model_name, r) if plan.shared
                     else (ctx.seed, "reference-predict", ctx.model_name, seed))
-            with seeded(*draw, device=ctx.device):
-                lp = log_mean_probs(ref.predict_samples(split.x))
+            lp, seconds, from_cache = self._pool_log_probs(half, seed, split, draw, ctx)
             if log_probs is None:
                 log_probs = np.empty((n_models, *lp.shape))
             log_probs[r] = lp
             phi[r] = mia.logit_confidence(lp, labels)
             p_true[r] = np.exp(mia.true_class_log_prob(lp, labels))
-            trained += sum(ref.train_seconds.values())
-            cached += int(bool(ref.from_cache) and all(ref.from_cache.values()))
-            del ref
+            trained += seconds
+            cached += int(from_cache)
         refs = References(plan.in_mask, phi, p_true, log_probs, plan.seeds, time.perf_counter() - start,
                           trained, cached)
         self._save_draws(refs, plan, ctx)
@@ -466,9 +463,43 @@ class Membership(SuitePlugin):
                   f"{int(ins.min())}+ and OUT for {int((~plan.in_mask).sum(0).min())}+ of them)")
         ctx.note(f"{design}, seeds {plan.seeds[0]}..{plan.seeds[-1]}, pool of {len(pool)} examples: "
                  f"{refs.wall_seconds:.1f} s wall here, training or loading and querying them ({cached} of "
-                 f"{n_models} wholly from the checkpoint cache; their training stages took {trained:.1f} s "
-                 f"when trained)")
+                 f"{n_models} wholly from the checkpoint cache, model or pool predictions; their training "
+                 f"stages took {trained:.1f} s when trained)")
         return refs
+
+    def _pool_log_probs(self, half: Split, seed: int, pool: Split, draw: tuple, ctx):
+        """log of model (half, seed)'s predictive mean on the pool -> (log_probs, training seconds, cached).
+
+        The result is kept in the checkpoint cache under a key naming the recipe, the training half,
+        the seed, the pool and the draw, so later cell seeds (shared design) and later runs read it
+        instead of loading the model and predicting again; the values are those computed first,
+        exactly (float64)."""
+        from ..cache import cache_key
+        from ..params import as_dict
+
+        build = getattr(getattr(ctx, "model", None), "ctx", None)
+        store = getattr(build, "cache", None)
+        key = None
+        if store is not None and store.root is not None:
+            key = cache_key({"kind": "membership-pool-log-probs", "model": build.spec.as_dict(),
+                             "net": as_dict(build.net), "train": as_dict(build.train), "data": half.fingerprint,
+                             "seed": seed, "pool": pool.fingerprint, "draw": [str(d) for d in draw],
+                             "device": torch.device(ctx.device).type})
+            holder = torch.nn.Module()
+            holder.register_buffer("log_probs", torch.empty(len(pool), ctx.data.num_classes, dtype=torch.float64))
+            meta = store.load(key, holder)
+            if meta is not None:
+                return holder.log_probs.numpy(), float(meta.get("train_seconds", 0.0)), True
+        ref = ctx.build_like(half, seed)
+        with seeded(*draw, device=ctx.device):
+            lp = log_mean_probs(ref.predict_samples(pool.x))
+        seconds = float(sum(ref.train_seconds.values()))
+        from_cache = bool(ref.from_cache) and all(ref.from_cache.values())
+        if key is not None:
+            holder.log_probs.copy_(torch.as_tensor(lp, dtype=torch.float64))
+            store.save(key, holder, {"kind": "membership-pool-log-probs", "seed": seed},
+                       {"train_seconds": seconds, "seconds": 0.0})
+        return np.asarray(lp, dtype=np.float64), seconds, from_cache
 
     def _save_draws(self, refs: References, plan: ReferencePlan, ctx) -> None:
         def source(split: Split):
