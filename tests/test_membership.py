@@ -277,10 +277,13 @@ def test_shared_design_targets_in_turn_and_the_saved_arrays_reproduce_the_record
         member = arrays[f"target{r}/is_member"]
         assert (member == arrays["references/in_mask"][r]).all()
         aucs.append(roc_auc_score(member, arrays[f"target{r}/score/lira_online"]))
-        # offline LiRA with one shared variance ranks by phi - mean of the OUT references' phi
+        # offline LiRA with one shared variance ranks by phi - mean of the OUT references' phi, over
+        # the OUT references in use: the same count for every example (1 of the 3 others with 4 models)
         others = np.arange(4) != r
-        phi, mask = arrays["references/phi"][others], arrays["references/in_mask"][others]
-        mean_out = (phi * ~mask).sum(0) / (~mask).sum(0)
+        phi, mask = arrays["references/phi"][others], arrays[f"target{r}/references/out_use"]
+        assert not (mask & arrays["references/in_mask"][others]).any() and set(mask.sum(0)) == {1}
+        assert set(arrays[f"target{r}/references/in_use"].sum(0)) == {1}
+        mean_out = (phi * mask).sum(0) / mask.sum(0)
         offline.append(roc_auc_score(member, arrays[f"target{r}/phi"] - mean_out))
         correct = arrays[f"target{r}/score/gap"] == 1
         gap = correct[member].mean() - correct[~member].mean()
@@ -368,6 +371,19 @@ def test_balanced_memberships_put_every_example_in_half_the_models():
     mask = mia.balanced_memberships(1000, 9, np.random.default_rng(0))
     assert set(mask.sum(axis=0)) == {4}
     assert abs(mask.sum(axis=1) / 1000 - 4 / 9).max() < 0.06
+
+
+def test_equal_count_references_remove_the_membership_confound():
+    # 4 models, each example IN for 2: for target 0, its members have 1 IN reference among the
+    # other 3 and its non-members 2, so the count alone would reveal membership
+    mask = mia.balanced_memberships(500, 4, np.random.default_rng(0))
+    others = mask[1:]
+    assert (others.sum(0)[mask[0]] == 1).all() and (others.sum(0)[~mask[0]] == 2).all()
+    in_use, out_use = mia.equal_count_references(others, 1, 1, np.random.default_rng(1))
+    assert set(in_use.sum(0)) == {1} and set(out_use.sum(0)) == {1}
+    assert not (in_use & ~others).any() and not (out_use & others).any()
+    with pytest.raises(ValueError, match="fewer than 2 IN"):
+        mia.equal_count_references(others, 2, 1, np.random.default_rng(1))
 
 
 def test_exposure_and_top_overlap():

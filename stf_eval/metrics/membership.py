@@ -84,7 +84,7 @@ def _side_stats(phi_refs: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def fit_lira(phi_refs: np.ndarray, in_mask: np.ndarray, variance: str = "global",
-             min_var: float = 1e-4) -> LiraFit:
+             min_var: float = 1e-4, out_mask: np.ndarray | None = None) -> LiraFit:
     """Fit N(mean, var) to each example's IN and OUT reference scores.
 
     ``phi_refs`` [R, N]: phi of each example under each reference model; ``in_mask`` [R, N]: whether
@@ -96,10 +96,13 @@ def fit_lira(phi_refs: np.ndarray, in_mask: np.ndarray, variance: str = "global"
     degrees of freedom), or, when no example has 2 references on a side, the variance of all
     reference scores. With one shared variance its value does not change the ROC (offline LiRA
     then ranks by phi - mean_out), only the scale of the scores.
+
+    ``out_mask``: the OUT references to use (default: every reference not IN).
     """
     in_mask = in_mask.astype(bool)
+    out_mask = ~in_mask if out_mask is None else out_mask.astype(bool)
     mean_in, sq_in, n_in = _side_stats(phi_refs, in_mask)
-    mean_out, sq_out, n_out = _side_stats(phi_refs, ~in_mask)
+    mean_out, sq_out, n_out = _side_stats(phi_refs, out_mask)
     min_in, min_out = int(n_in.min()), int(n_out.min())
     if variance == "per_example":
         if min(min_in, min_out) < 2:
@@ -139,16 +142,23 @@ def lira_online(phi_target: np.ndarray, fit: LiraFit) -> np.ndarray:
 # -- RMIA (Zarifzadeh et al. 2024) -------------------------------------------------------------------
 
 
-def rmia_marginal(p_refs: np.ndarray, in_mask: np.ndarray, offline: bool, a: float) -> np.ndarray:
+def rmia_marginal(p_refs: np.ndarray, in_mask: np.ndarray, offline: bool, a: float,
+                  out_mask: np.ndarray | None = None) -> np.ndarray:
     """Pr(x) averaged over reference models, from true-class probabilities ``p_refs`` [R, N].
 
     online: the mean over all references (with complementary halves, half of them IN).
     offline: only OUT references, with the paper's linear approximation of the IN mean,
     Pr_IN = a * Pr_OUT + (1 - a), so Pr(x) = ((1 + a) * Pr_OUT + (1 - a)) / 2.
+    ``out_mask``: the OUT references to use (default: every reference not IN); with it, online
+    averages the IN and OUT references in use only.
     """
+    in_mask = in_mask.astype(bool)
+    out = ~in_mask if out_mask is None else out_mask.astype(bool)
     if not offline:
-        return p_refs.mean(axis=0)
-    out = ~in_mask.astype(bool)
+        if out_mask is None:
+            return p_refs.mean(axis=0)
+        used = in_mask | out
+        return (p_refs * used).sum(axis=0) / np.maximum(used.sum(axis=0), 1)
     counts = out.sum(axis=0)
     if counts.min() < 1:
         raise ValueError("offline RMIA needs at least one OUT reference per example")
@@ -276,6 +286,26 @@ def balanced_memberships(n: int, n_models: int, rng: np.random.Generator) -> np.
     per example (Carlini et al. 2022's assignment); each model trains on about half of the pool."""
     keys = rng.random((n_models, n))
     return keys.argsort(axis=0).argsort(axis=0) < n_models // 2
+
+
+def equal_count_references(in_mask: np.ndarray, n_in: int, n_out: int,
+                           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(in_use, out_use) [R, N]: exactly ``n_in`` IN and ``n_out`` OUT references per example, at random.
+
+    In the shared design an example's IN count among a target's references is one lower when the
+    target trained on it, so the references' count reveals membership and the noise of LiRA's and
+    RMIA's estimates differs between members and non-members (with 4 models: online LiRA falls
+    below chance, online RMIA is flattered). Using the same counts for every example removes that."""
+    in_mask = np.asarray(in_mask, bool)
+
+    def pick(side: np.ndarray, k: int) -> np.ndarray:
+        keys = np.where(side, rng.random(side.shape), np.inf)
+        rank = keys.argsort(axis=0).argsort(axis=0)
+        return side & (rank < k)
+
+    if (in_mask.sum(0) < n_in).any() or ((~in_mask).sum(0) < n_out).any():
+        raise ValueError(f"some example has fewer than {n_in} IN or {n_out} OUT references")
+    return pick(in_mask, n_in), pick(~in_mask, n_out)
 
 
 # -- per-example exposure ----------------------------------------------------------------------------

@@ -148,6 +148,8 @@ class Target:
     is_member: np.ndarray
     scores: dict
     phi: np.ndarray | None = None
+    in_use: np.ndarray | None = None  # [R - 1, N] shared design: the IN references used per example
+    out_use: np.ndarray | None = None  # [R - 1, N] ... and the OUT ones (rows: the other models in order)
 
 
 @dataclass
@@ -160,11 +162,22 @@ class References:
     wall_seconds: float  # spent here: training or loading, and predicting the pool
     train_seconds: float  # training time of the references as measured when they were trained
     from_cache: int  # references whose every stage came from the checkpoint cache
+    out_mask: np.ndarray | None = None  # [M, N] OUT references in use (None: every one not IN)
 
-    def without(self, r: int) -> References:
+    def without(self, r: int, rng: np.random.Generator) -> References:
+        """Target r's references: the other models, with the same number of IN (and of OUT) references
+        for every example (mia.equal_count_references)."""
         keep = np.arange(len(self.seeds)) != r
-        return References(self.in_mask[keep], self.phi[keep], self.p_true[keep], self.log_probs[keep],
-                          [s for s, k in zip(self.seeds, keep) if k], 0.0, 0.0, 0)
+        counts_in = self.in_mask.sum(0)
+        n_in = int(counts_in.min()) - 1  # an example the target trained on has one IN model fewer
+        n_out = len(self.seeds) - int(counts_in.max()) - 1
+        in_use, out_use = mia.equal_count_references(self.in_mask[keep], n_in, n_out, rng)
+        return References(in_use, self.phi[keep], self.p_true[keep], self.log_probs[keep],
+                          [s for s, k in zip(self.seeds, keep) if k], 0.0, 0.0, 0, out_use)
+
+    @property
+    def out_use(self) -> np.ndarray:
+        return ~self.in_mask if self.out_mask is None else self.out_mask
 
 
 @SUITES.register("membership")
@@ -272,10 +285,10 @@ class Membership(SuitePlugin):
         if plan.shared:
             targets = []
             for r in range(len(plan.seeds)):
-                others = refs.without(r)
+                others = refs.without(r, numpy_rng(p.reference_seed, "membership-reference-subsample", r))
                 scores = self._label_and_threshold_scores(refs.log_probs[r], labels)
                 scores.update(self._reference_scores(refs.log_probs[r], labels, others, ctx, quiet=r > 0))
-                targets.append(Target(refs.in_mask[r], scores, refs.phi[r]))
+                targets.append(Target(refs.in_mask[r], scores, refs.phi[r], others.in_mask, others.out_use))
         else:
             log_probs = log_mean_probs(torch.cat([train_logits[:, pool.pick_in], test_logits[:, pool.pick_out]],
                                                  dim=1))
@@ -531,6 +544,8 @@ class Membership(SuitePlugin):
             for r, t in enumerate(targets):
                 arrays[f"target{r}/is_member"] = t.is_member.astype(bool)
                 arrays[f"target{r}/phi"] = t.phi.astype(np.float32)
+                arrays[f"target{r}/references/in_use"] = t.in_use.astype(bool)
+                arrays[f"target{r}/references/out_use"] = t.out_use.astype(bool)
                 arrays.update({f"target{r}/score/{a}": t.scores[a].astype(np.float32) for a in order})
         else:
             t = targets[0]
@@ -545,7 +560,7 @@ class Membership(SuitePlugin):
     # -- LiRA and RMIA ----------------------------------------------------------------------------
     def _lira_scores(self, log_probs, labels, refs: References, ctx, quiet: bool) -> dict[str, np.ndarray]:
         p = self.params
-        counts_in, counts_out = refs.in_mask.sum(0), (~refs.in_mask).sum(0)
+        counts_in, counts_out = refs.in_mask.sum(0), refs.out_use.sum(0)
         fewest = int(min(counts_in.min(), counts_out.min()))
         rule = p.lira_variance
         if rule == "auto":
@@ -555,7 +570,7 @@ class Membership(SuitePlugin):
                 ctx.note(f"LiRA: per-example variance needs >= 2 IN and OUT references per example, found "
                          f"{fewest}; using the global variance")
             rule = "global"
-        fit = mia.fit_lira(refs.phi, refs.in_mask, variance=rule)
+        fit = mia.fit_lira(refs.phi, refs.in_mask, variance=rule, out_mask=refs.out_use)
         phi = mia.logit_confidence(log_probs, labels)
         out = {"lira_offline": mia.lira_offline(phi, fit)}
         if fit.min_in >= 1:
@@ -578,7 +593,8 @@ class Membership(SuitePlugin):
                                                                                        replace=False))
         out = {}
         for name, offline in (("rmia_offline", True), ("rmia_online", False)):
-            marginal = mia.rmia_marginal(refs.p_true, refs.in_mask, offline=offline, a=p.rmia_a)
+            marginal = mia.rmia_marginal(refs.p_true, refs.in_mask, offline=offline, a=p.rmia_a,
+                                         out_mask=refs.out_use)
             out[name] = mia.rmia_scores(p_target, marginal, p_target[z], marginal[z], gamma=p.rmia_gamma)
         if not quiet:
             ctx.note(f"RMIA: {len(z)} population examples z from the pool, gamma = {p.rmia_gamma:g}, offline "
