@@ -260,7 +260,8 @@ def test_shared_design_targets_in_turn_and_the_saved_arrays_reproduce_the_record
     assert rows[("mia_auc", "lira_online")]["n"] == 4
     assert rows[("mia_auc", "lira_online")]["ci_low"] < rows[("mia_auc", "lira_online")]["value"]
     assert rows[("mia_reference_seconds", None)]["n"] == 3  # references per target
-    assert table[("mia_auc_pooled", "lira_offline")] > 0.7  # the overfitted recipe leaks
+    # the overfitted recipe leaks, beyond the label-only floor
+    assert table[("mia_auc_pooled", "lira_offline")] > max(0.65, table[("mia_auc_pooled", "gap")])
     # another cell seed: the same models and pool predictions from the cache, the same numbers
     built.clear()
     again, _ = _run_suite(target, data, tmp_path / "again", build_like, seed=1, num_references=3)
