@@ -223,9 +223,12 @@ def membership_blocks(sec: Section, df, run, models) -> None:
     if not mia.empty:
         sec.add(pivot(mia, ["attack", "model"], ["metric"], "Membership inference",
                       orders=_orders(models), best_within="attack",
-                      caption="Members = the target's training split, non-members = the test split; the "
-                              "attacker queries the deployed predictive. TPR at low FPR first (Carlini et al. "
-                              "2022); lower is more private; the best model per attack is marked."),
+                      caption="Members = the examples a target trained on, non-members = the rest of the pool "
+                              "(train + test splits); shared design: mean over the targets with an interval "
+                              "over targets. The attacker queries the deployed predictive. TPR at low FPR "
+                              "first (Carlini et al. 2022), empty where too few non-members resolve it; gap "
+                              "is the label-only floor; lower is more private; the best model per attack is "
+                              "marked."),
                 open_=True)
     per_model = df[df["metric"].isin(MEMBERSHIP_MODEL)].copy()
     if not per_model.empty:
@@ -310,8 +313,8 @@ def protocol_lines(params: dict, families: set[str], bins) -> list[str]:
                      "sampling on (expectation over transformation, Athalye et al. 2018).")
     if "membership" in families:
         refs = {k: v for k, v in params.items() if re.search(r"reference|shadow", k)}
-        lines.append("Membership: members = training split, non-members = test split; the attacker queries "
-                     "the deployed predictive" + (f"; reference models: {', '.join(f'{k} = {v}' for k, v in refs.items())}" if refs else "") + ".")
+        lines.append("Membership: members = the examples a target trained on, non-members = the rest of the "
+                     "pool (train + test); the attacker queries the deployed predictive" + (f"; reference models: {', '.join(f'{k} = {v}' for k, v in refs.items())}" if refs else "") + ".")
     return lines
 
 
