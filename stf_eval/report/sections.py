@@ -11,8 +11,16 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from .figures import (Figure, exposed_overlap_table, grouped_bars, membership_roc_overlay, model_bars,
-                      robust_accuracy_figure, saved_figure, shift_figure)
+from .figures import (
+    Figure,
+    exposed_overlap_table,
+    grouped_bars,
+    membership_roc_overlay,
+    model_bars,
+    robust_accuracy_figure,
+    saved_figure,
+    shift_figure,
+)
 from .headline import ood_per_set
 from .stats import seed_stats
 from .tables import Cell, Table, pivot, varying
