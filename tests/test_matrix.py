@@ -54,6 +54,9 @@ def test_every_model_through_every_suite(model_name, suite_name, fitted_models, 
     suite.run(model, tiny_data, ctx)
     assert ctx.records, f"{suite_name} wrote no records for {model_name}"
     for row in ctx.records:
+        if row["value"] is None:  # a point the data cannot resolve is recorded empty, and says so
+            assert "not resolved" in (row["note"] or ""), row
+            continue
         for col in REQUIRED_COLUMNS:
             assert row[col] is not None, f"{col} missing in {row}"
         assert row["model"] == model_name and row["suite"] == suite_name

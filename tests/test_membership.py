@@ -16,7 +16,7 @@ from stf_eval.metrics import membership as mia
 from stf_eval.metrics.names import METRICS
 from stf_eval.models.base import ModelPlugin
 from stf_eval.params import parse_params
-from stf_eval.suites.membership import ATTACKS, Membership, complementary_halves
+from stf_eval.suites.membership import ATTACKS, REFERENCE_ATTACKS, Membership, complementary_halves
 
 # -- metrics -----------------------------------------------------------------------------------------
 
@@ -41,7 +41,7 @@ def test_metrics_agree_with_an_independent_computation():
     assert got["mia_auc"] == pytest.approx(auc, abs=1e-12)
     assert got["mia_balanced_accuracy"] == pytest.approx(((tpr + 1 - fpr) / 2).max(), abs=1e-12)
     for key, target in (("tpr_at_0.1pct_fpr", 0.001), ("tpr_at_1pct_fpr", 0.01)):
-        assert got[key] == pytest.approx(tpr[fpr <= target].max(), abs=1e-12)
+        assert got[key] == pytest.approx(tpr[fpr < target].max(), abs=1e-12)
 
 
 def test_auc_interval_matches_the_bootstrap():
@@ -65,12 +65,13 @@ def test_tpr_at_fixed_fpr_hand_computed():
     scores = np.r_[members, non_members]
     is_member = np.r_[np.ones(4, bool), np.zeros(10, bool)]
     fpr, tpr = mia.roc(scores, is_member)
-    # FPR 0 allows only the member above every non-member: TPR 1/4
-    assert mia.tpr_at_fpr(fpr, tpr, 0.0) == 0.25
+    # FPR < 0.05 allows only the member above every non-member: TPR 1/4
     assert mia.tpr_at_fpr(fpr, tpr, 0.05) == 0.25  # no interpolation towards the next point
-    # FPR <= 0.1 (one non-member above the threshold): members 0.95, 0.8, 0.7 -> 3/4
-    assert mia.tpr_at_fpr(fpr, tpr, 0.1) == 0.75
-    assert mia.tpr_at_fpr(fpr, tpr, 0.2) == 1.0
+    # strict <: FPR 0.1 exactly (one non-member above the threshold) is not below 0.1
+    assert mia.tpr_at_fpr(fpr, tpr, 0.1) == 0.25
+    assert mia.tpr_at_fpr(fpr, tpr, 0.11) == 0.75  # members 0.95, 0.8, 0.7 above one non-member
+    assert mia.tpr_at_fpr(fpr, tpr, 0.2) == 0.75
+    assert mia.tpr_at_fpr(fpr, tpr, 0.21) == 1.0
     assert mia.best_balanced_accuracy(fpr, tpr) == pytest.approx((1.0 + 0.8) / 2)
 
 
@@ -172,9 +173,9 @@ class ConstantModel(ModelPlugin):
         return []
 
 
-def _run_suite(model, data, tmp_path, build_like, **params):
+def _run_suite(model, data, tmp_path, build_like, seed=0, **params):
     suite = Membership(parse_params(Membership.Params, params, "membership"), "membership")
-    ctx = EvalContext(model_name="target", model=model, data=data, seed=0, run_dir=tmp_path,
+    ctx = EvalContext(model_name="target", model=model, data=data, seed=seed, run_dir=tmp_path,
                       device=torch.device("cpu"), build_like=build_like)
     ctx.suite = "membership"
     assert suite.skip_reason(model, data) is None
@@ -183,7 +184,8 @@ def _run_suite(model, data, tmp_path, build_like, **params):
     return table, ctx
 
 
-def test_overfitted_model_is_detected_and_constant_model_is_at_chance(cache_dir, tmp_path):
+@pytest.fixture(scope="module")
+def overfit(cache_dir):
     from stf_eval.cache import CheckpointCache
     from stf_eval.data.plan import build_data
     from stf_eval.runner import build_model
@@ -192,32 +194,123 @@ def test_overfitted_model_is_detected_and_constant_model_is_at_chance(cache_dir,
     data = build_data(cfg)
     cache, cpu = CheckpointCache(cfg.cache_dir), torch.device("cpu")
     spec = cfg.models[0]
+    built = []
 
     def build_like(bundle, seed):
+        built.append((bundle.train.fingerprint, seed))
         return build_model(spec, cfg, bundle, seed, cpu, cache)
 
+    return data, build_like, built
+
+
+def test_target_design_detects_an_overfitted_model_and_a_constant_model_is_at_chance(overfit, tmp_path):
+    data, build_like, _ = overfit
     target = build_like(data, 0)
-    table, ctx = _run_suite(target, data, tmp_path, build_like, num_references=2)
+    table, ctx = _run_suite(target, data, tmp_path, build_like, design="target", num_references=2)
     assert table[("generalization_gap", None)] > 0.05
-    for attack in ATTACKS:
-        assert table[("mia_auc", attack)] > 0.62, attack
+    assert table[("mia_auc", "gap")] > 0.52  # the label-only floor sees the generalisation gap ...
+    for attack in ATTACKS[1:]:  # ... and every score-based attack beats it
+        assert table[("mia_auc", attack)] > max(0.62, table[("mia_auc", "gap")]), attack
     assert max(table[("mia_auc", a)] for a in ("lira_offline", "rmia_offline", "rmia_online")) > 0.75
     assert table[("tpr_at_1pct_fpr", "rmia_online")] > 0.05  # chance would be 0.01
+    # 150 non-members cannot resolve FPR 0.1%: recorded empty, with the count that would be needed
+    row = next(r for r in ctx.records if r["metric"] == "tpr_at_0.1pct_fpr" and r["attack"] == "loss")
+    assert row["value"] is None and "needs >= 1001 non-members" in row["note"]
     assert all(metric in METRICS for metric, _ in table)
-    assert [f["name"] for f in ctx.figures] == ["roc"] and (tmp_path / ctx.figures[0]["path"]).stat().st_size
+    assert [f["name"] for f in ctx.figures] == ["exposed", "roc"]
+    assert all((tmp_path / f["path"]).stat().st_size for f in ctx.figures)
     draws = json.loads((tmp_path / "figures" / "membership--target--seed0--references.json").read_text())
     assert len(draws["references"]) == 2 and draws["references"][0]["seed"] == 1000
 
-    def constant(bundle, seed):
-        return ConstantModel(None, target.ctx).fit(bundle)
+    import dataclasses
 
-    flat, _ = _run_suite(constant(data, 0), data, tmp_path, constant, num_references=2)
+    from stf_eval.cache import CheckpointCache
+
+    # its own (empty) cache: the real model's cached pool predictions must not stand in for it
+    plain = dataclasses.replace(target.ctx, cache=CheckpointCache(None))
+
+    def constant(bundle, seed):
+        return ConstantModel(None, plain).fit(bundle)
+
+    flat, flat_ctx = _run_suite(constant(data, 0), data, tmp_path, constant, design="target", num_references=2)
     for attack in ATTACKS:
         # LiRA and online RMIA divide the (identical) prediction out exactly; the others rank by class
         # only (offline RMIA's Pr(x) is a, not exactly, the reference prediction), so see the class mix
         exact = attack in ("lira_offline", "lira_online", "rmia_online")
-        assert flat[("mia_auc", attack)] == pytest.approx(0.5, abs=1e-12 if exact else 0.06), attack
+        assert flat[("mia_auc", attack)] == pytest.approx(0.5, abs=1e-12 if exact else 0.08), attack
         assert flat[("tpr_at_1pct_fpr", attack)] == 0.0, attack
+    # a model that has learnt nothing about its members cannot be shown to break any epsilon
+    assert flat[("dp_audit_epsilon_lb", next(a for m, a in flat if m == "dp_audit_epsilon_lb"))] == 0.0
+
+
+def test_shared_design_targets_in_turn_and_the_saved_arrays_reproduce_the_records(overfit, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    data, build_like, built = overfit
+    suite = Membership(parse_params(Membership.Params, {"num_references": 3}, "membership"), "membership")
+    planned = [(split.fingerprint, seed) for split, seed in suite.reference_builds("target", data, 0)]
+    # the models do not depend on the cell seed: every cell seed shares them through the cache
+    assert planned == [(split.fingerprint, seed) for split, seed in suite.reference_builds("target", data, 7)]
+    assert len(planned) == 4
+    target = build_like(data, 0)
+    built.clear()
+    table, ctx = _run_suite(target, data, tmp_path, build_like, num_references=3)
+    assert built == planned  # the suite trains exactly what it declared to the plan
+    rows = {(r["metric"], r["attack"]): r for r in ctx.records}
+    assert rows[("mia_auc", "lira_online")]["n"] == 4
+    assert rows[("mia_auc", "lira_online")]["ci_low"] < rows[("mia_auc", "lira_online")]["value"]
+    assert rows[("mia_reference_seconds", None)]["n"] == 3  # references per target
+    # the overfitted recipe leaks, beyond the label-only floor
+    assert table[("mia_auc_pooled", "lira_offline")] > max(0.65, table[("mia_auc_pooled", "gap")])
+    # another cell seed: the same models and pool predictions from the cache, the same numbers
+    built.clear()
+    again, _ = _run_suite(target, data, tmp_path / "again", build_like, seed=1, num_references=3)
+    assert built == []
+    assert {k: v for k, v in again.items() if k[0] not in ("mia_reference_seconds", "generalization_gap")} == \
+        {k: v for k, v in table.items() if k[0] not in ("mia_reference_seconds", "generalization_gap")}
+    # the gap attack is the floor: its balanced accuracy is 1/2 + the members' minus non-members' accuracy / 2
+    ctx.suite = "membership"
+    arrays = ctx.examples["membership"]
+    assert arrays["references/in_mask"].shape == (4, len(arrays["pool/label"]))
+    assert set(arrays["references/in_mask"].sum(0)) == {2}
+    aucs, offline = [], []
+    for r in range(4):
+        member = arrays[f"target{r}/is_member"]
+        assert (member == arrays["references/in_mask"][r]).all()
+        aucs.append(roc_auc_score(member, arrays[f"target{r}/score/lira_online"]))
+        # offline LiRA with one shared variance ranks by phi - mean of the OUT references' phi, over
+        # the OUT references in use: the same count for every example (1 of the 3 others with 4 models)
+        others = np.arange(4) != r
+        phi, mask = arrays["references/phi"][others], arrays[f"target{r}/references/out_use"]
+        assert not (mask & arrays["references/in_mask"][others]).any() and set(mask.sum(0)) == {1}
+        assert set(arrays[f"target{r}/references/in_use"].sum(0)) == {1}
+        mean_out = (phi * mask).sum(0) / mask.sum(0)
+        offline.append(roc_auc_score(member, arrays[f"target{r}/phi"] - mean_out))
+        correct = arrays[f"target{r}/score/gap"] == 1
+        gap = correct[member].mean() - correct[~member].mean()
+        assert mia.summarize(arrays[f"target{r}/score/gap"], member)["mia_balanced_accuracy"] == \
+            pytest.approx(max(0.5 + gap / 2, 0.5))
+    assert table[("mia_auc", "lira_online")] == pytest.approx(np.mean(aucs), abs=1e-6)
+    assert table[("mia_auc", "lira_offline")] == pytest.approx(np.mean(offline), abs=1e-4)
+    # a memorising recipe breaks any small epsilon; the bound is recorded once, for the chosen attack
+    audit = [r for r in ctx.records if r["metric"] == "dp_audit_epsilon_lb"]
+    assert len(audit) == 1 and audit[0]["value"] > 0.5 and "Clopper-Pearson" in audit[0]["note"]
+    top = arrays["exposure/top"]
+    assert len(top) == 16 and arrays["exposure/score"][top[0]] == np.nanmax(arrays["exposure/score"])
+    assert {f["name"] for f in ctx.figures} == {"exposed", "roc"}
+    # the report's overlay and overlap table read the same arrays back
+    from stf_eval.examples import write_examples
+    from stf_eval.report.figures import exposed_overlap_table, membership_roc_overlay
+
+    other = dict(arrays)
+    other["exposure/top"] = arrays["exposure/top"][::-1].copy()
+    other["exposure/top"][:8] = np.setdiff1d(np.arange(len(arrays["pool/label"])), arrays["exposure/top"])[:8]
+    write_examples(tmp_path, "membership", "a", 0, arrays)
+    write_examples(tmp_path, "membership", "b", 0, other)
+    figure = membership_roc_overlay(tmp_path, "membership", ["a", "b"], {})
+    assert figure is not None and figure.uri.startswith("data:image/svg+xml")
+    table = exposed_overlap_table(tmp_path, "membership", ["a", "b"])
+    assert [[c.text for c in row[1:]] for row in table.body] == [["1.00", "0.50"], ["0.50", "1.00"]]
 
 
 def test_allow_list_and_small_pool_are_skipped_with_a_reason(fitted_models, tiny_data):
@@ -232,7 +325,10 @@ def test_allow_list_and_small_pool_are_skipped_with_a_reason(fitted_models, tiny
 
 
 @pytest.mark.parametrize("table, message", [
-    ("num_references = 1", "num_references: expected an integer >= 2"),
+    ("num_references = 1", "num_references: expected an integer >= 3"),
+    ("design = 'target'\nnum_references = 1", "num_references: expected an integer >= 2"),
+    ("design = 'both'", "design"),
+    ("audit_confidence = 1.0", "audit_confidence"),
     ("attacks = ['loss', 'lira']", "attacks: expected a non-empty list"),
     ("num_references_per_model = { deterministic = 1 }", "num_references_per_model.deterministic: expected"),
     ("rmia_a = 2.0", "rmia_a"),
@@ -243,9 +339,9 @@ def test_bad_membership_parameters_are_one_line_errors(table, message):
 
 
 def test_per_model_reference_count():
-    params = {"num_references": 4, "num_references_per_model": {"deep_ensemble": 2, "full_bnn": 0}}
+    params = {"num_references": 4, "num_references_per_model": {"deep_ensemble": 3, "full_bnn": 0}}
     suite = Membership(parse_params(Membership.Params, params, "m"))
-    assert suite.num_references("deep_ensemble") == 2 and suite.num_references("stf_bnn") == 4
+    assert suite.num_references("deep_ensemble") == 3 and suite.num_references("stf_bnn") == 4
     assert suite.uses_references("stf_bnn") and not suite.uses_references("full_bnn")
 
 
@@ -257,5 +353,86 @@ def test_zero_references_runs_threshold_attacks_only(fitted_models, tiny_data, t
 
     params = {"num_references_per_model": {"target": 0}}
     table, ctx = _run_suite(model, tiny_data, tmp_path, refuse, **params)
-    assert {a for _, a in table if a} == set(ATTACKS[:4])
-    assert any("threshold attacks only" in n["text"] for n in ctx.notes)
+    assert {a for _, a in table if a} == set(ATTACKS) - set(REFERENCE_ATTACKS)
+    assert any("threshold attacks on the cell's own model only" in n["text"] for n in ctx.notes)
+
+
+# -- the new pieces: resolution, gap, memberships, exposure, DP audit ----------------------------------
+
+
+def test_fpr_resolution_states_how_many_non_members_a_point_needs():
+    assert mia.fpr_resolution(1000, 0.001) == ("undefined", 0, 1001)  # strict <: zero false positives
+    assert mia.fpr_resolution(1001, 0.001) == ("coarse", 1, 10001)
+    assert mia.fpr_resolution(2250, 0.001) == ("coarse", 2, 10001)
+    assert mia.fpr_resolution(10001, 0.001) == ("stable", 10, 0)
+    assert mia.fpr_resolution(1500, 0.01) == ("stable", 14, 0)
+
+
+def test_balanced_memberships_put_every_example_in_half_the_models():
+    mask = mia.balanced_memberships(1000, 9, np.random.default_rng(0))
+    assert set(mask.sum(axis=0)) == {4}
+    assert abs(mask.sum(axis=1) / 1000 - 4 / 9).max() < 0.06
+
+
+def test_equal_count_references_remove_the_membership_confound():
+    # 4 models, each example IN for 2: for target 0, its members have 1 IN reference among the
+    # other 3 and its non-members 2, so the count alone would reveal membership
+    mask = mia.balanced_memberships(500, 4, np.random.default_rng(0))
+    others = mask[1:]
+    assert (others.sum(0)[mask[0]] == 1).all() and (others.sum(0)[~mask[0]] == 2).all()
+    in_use, out_use = mia.equal_count_references(others, 1, 1, np.random.default_rng(1))
+    assert set(in_use.sum(0)) == {1} and set(out_use.sum(0)) == {1}
+    assert not (in_use & ~others).any() and not (out_use & others).any()
+    with pytest.raises(ValueError, match="fewer than 2 IN"):
+        mia.equal_count_references(others, 2, 1, np.random.default_rng(1))
+
+
+def test_exposure_and_top_overlap():
+    scores = np.array([[5.0, 1.0, 3.0, 9.0], [7.0, 2.0, 0.0, -9.0]])
+    in_mask = np.array([[True, True, False, False], [True, False, True, False]])
+    value = mia.exposure(scores, in_mask)
+    assert value[:3] == pytest.approx([6.0, 1.0, 0.0]) and np.isnan(value[3])  # never a member: no exposure
+    assert mia.top_exposed(value, 2).tolist() == [0, 1]
+    assert mia.top_overlap([("train", 1), ("test", 2)], [("test", 2), ("train", 3)]) == 0.5
+
+
+def test_dp_audit_bound_matches_a_hand_computation():
+    # every member flagged, no non-member: Clopper-Pearson at 95% gives TPR_lo = 0.025^(1/n) and
+    # FPR_hi = 1 - 0.025^(1/n), so eps_lb = log(TPR_lo / FPR_hi) (delta = 0)
+    n = 100
+    lo = 0.025 ** (1 / n)
+    eps, form = mia.epsilon_lower_bound(n, n, 0, n, delta=0.0)
+    assert form == "tpr/fpr" and eps == pytest.approx(np.log(lo / (1 - lo)), rel=1e-9)
+    assert eps == pytest.approx(3.2813, abs=1e-4)
+    # delta comes off the TPR side: log((TPR_lo - delta) / FPR_hi)
+    assert mia.epsilon_lower_bound(n, n, 0, n, delta=0.1)[0] == pytest.approx(np.log((lo - 0.1) / (1 - lo)))
+    # 40/100 members and 2/100 non-members flagged, against scipy's beta quantiles
+    from scipy.stats import beta
+
+    tpr_lo, fpr_hi = beta.ppf(0.025, 40, 61), beta.ppf(0.975, 3, 98)
+    want = max(np.log(tpr_lo / fpr_hi), np.log((1 - fpr_hi) / (1 - tpr_lo)))
+    assert mia.epsilon_lower_bound(40, 100, 2, 100, 0.0)[0] == pytest.approx(want, rel=1e-6)
+    # the symmetric form wins when the attack finds non-members: few members flagged as non-members
+    eps2, form2 = mia.epsilon_lower_bound(99, 100, 60, 100, 0.0)
+    assert form2 == "tnr/fnr" and eps2 == pytest.approx(np.log((1 - beta.ppf(0.975, 61, 40))
+                                                               / (1 - beta.ppf(0.025, 99, 2))), rel=1e-6)
+    # the vectorised selection agrees with the scalar bound
+    got = mia._bounds_vectorised([100, 40, 99], 100, [0, 2, 60], 100, 0.0, 0.95)
+    assert got == pytest.approx([eps, want, eps2], rel=1e-6)
+
+
+def test_dp_audit_memorising_scorer_gives_a_high_bound_and_a_random_one_zero():
+    rng = np.random.default_rng(0)
+    is_member = rng.random(4000) < 0.5
+    select = rng.random(4000) < 0.5
+    memorised = mia.dp_audit(is_member + 0.01 * rng.random(4000), is_member, select, delta=1e-5)
+    assert memorised["eps_lb"] > 5.0 and memorised["fp"] == 0
+    random = mia.dp_audit(rng.random(4000), is_member, select, delta=1e-5)
+    assert random["eps_lb"] < 0.1
+    assert random["n_members"] + random["n_non_members"] == (~select).sum()  # counted on the other half
+
+
+def test_interval_over_targets():
+    mean, low, high = mia.interval_over_targets([0.5, 0.6, 0.7])
+    half = 4.302652729911275 * 0.1 / np.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert (mean, low, high) == pytest.approx((0.6, 0.6 - half, 0.6 + half))

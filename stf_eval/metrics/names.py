@@ -30,6 +30,11 @@ METRICS: dict[str, tuple[str, str | None]] = {
     "mia_balanced_accuracy": ("Best balanced accuracy of the attack over thresholds.", "lower"),
     "tpr_at_0.1pct_fpr": ("Attack true-positive rate at 0.1% false-positive rate.", "lower"),
     "tpr_at_1pct_fpr": ("Attack true-positive rate at 1% false-positive rate.", "lower"),
+    "mia_auc_pooled": ("mia_auc of every target's scores pooled into one ROC (shared design).", "lower"),
+    "tpr_at_0.1pct_fpr_pooled": ("tpr_at_0.1pct_fpr of every target's scores pooled into one ROC.", "lower"),
+    "tpr_at_1pct_fpr_pooled": ("tpr_at_1pct_fpr of every target's scores pooled into one ROC.", "lower"),
+    "dp_audit_epsilon_lb": ("Empirical lower bound on the DP epsilon from the best attack's TPR and FPR "
+                            "(Clopper-Pearson; attack and threshold chosen on held-apart examples).", "lower"),
     "generalization_gap": ("Train accuracy minus test accuracy of the target model.", "lower"),
     "dp_epsilon": ("Differential-privacy epsilon spent by DP-SGD (at the recorded delta).", "lower"),
     "mia_reference_seconds": ("Wall seconds the membership suite spent training (or loading) and querying "

@@ -196,3 +196,83 @@ def shift_figure(df, models: list[str], colors: dict) -> Figure | None:
     _legend(fig)
     return Figure("Accuracy and ECE against shift severity, averaged over shift types; mean \u00b1 std over seeds.",
                   _to_uri(fig), "calibration under shift")
+
+
+def membership_roc_overlay(run_dir: Path, suite: str, models: list[str], colors: dict) -> Figure | None:
+    """Log-log ROC of the strongest attack, one line per model, from the saved per-example arrays.
+
+    Each model's first seed; in the shared design every target's scores pooled into one ROC. The
+    strongest attack is the one with the highest TPR at 1% FPR averaged over the models."""
+    import numpy as np
+
+    from ..examples import load_examples
+    from ..metrics import membership as mia
+
+    files = load_examples(run_dir, suite=suite)
+    first = {}
+    for (_, model, seed), arrays in sorted(files.items(), key=lambda kv: kv[0][2]):
+        if model in models and model not in first and mia.targets_in_examples(arrays):
+            first[model] = (seed, arrays)
+    if not first:
+        return None
+    common = [a for a in mia.attacks_in_examples(next(iter(first.values()))[1])
+              if all(a in mia.attacks_in_examples(arr) for _, arr in first.values())]
+    if not common:
+        return None
+    curves = {m: {a: mia.roc(*mia.pooled_from_examples(arr, a)) for a in common} for m, (_, arr) in first.items()}
+    strength = {a: np.mean([mia.tpr_at_fpr(*curves[m][a], 0.01) for m in curves]) for a in common}
+    attack = max(common, key=lambda a: strength[a])
+    width = 5.0 + LEGEND_INCHES
+    fig = _new_figure(width, 4.2)
+    fig.subplots_adjust(left=0.85 / width)  # room for the log-scale tick labels and the y label
+    ax = fig.subplots()
+    lowest = 1.0
+    for m in models:
+        if m not in curves:
+            continue
+        fpr, tpr = curves[m][attack]
+        n_out = int(round(1.0 / fpr[fpr > 0].min())) if (fpr > 0).any() else 1
+        lo = 1.0 / n_out
+        lowest = min(lowest, lo)
+        grid = np.geomspace(lo / 2, 1.0, 300)  # a log grid keeps the SVG small
+        at = np.clip(np.searchsorted(fpr, grid, side="right") - 1, 0, len(tpr) - 1)
+        ax.plot(grid, np.maximum(tpr[at], 1e-5), lw=1.4, color=colors.get(m), label=m, drawstyle="steps-post")
+    ax.plot([lowest, 1], [lowest, 1], ":", color="grey", lw=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lowest / 2, 1)
+    ax.set_ylim(lowest / 2, 1)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(f"{attack}: every model")
+    ax.grid(alpha=0.3, which="both")
+    _legend(fig)
+    return Figure(f"Membership inference, log-log ROC of the strongest attack ({attack}: highest TPR at 1% FPR "
+                  f"averaged over the models) for every model, each model's first seed, every target's scores "
+                  f"pooled; below the grey chance line an attack does no better than guessing.",
+                  _to_uri(fig), "membership ROC, every model")
+
+
+def exposed_overlap_table(run_dir: Path, suite: str, models: list[str]):
+    """Overlap of the top-exposed training examples between models (first seed each), or None."""
+    from ..examples import load_examples
+    from ..metrics import membership as mia
+    from .tables import Cell, Table
+
+    files = load_examples(run_dir, suite=suite)
+    tops = {}
+    for (_, model, _seed), arrays in sorted(files.items(), key=lambda kv: kv[0][2]):
+        ids = mia.exposed_identities(arrays)
+        if model in models and model not in tops and ids:
+            tops[model] = ids
+    names = [m for m in models if m in tops]
+    if len(names) < 2:
+        return None
+    head = [[Cell("model", header=True)] + [Cell(m, header=True) for m in names]]
+    body = [[Cell(a, header=True)] + [Cell(f"{mia.top_overlap(tops[a], tops[b]):.2f}") for b in names]
+            for a in names]
+    k = min(len(t) for t in tops.values())
+    return Table("Overlap of the most exposed training examples", head, body,
+                 caption=f"Fraction of the {k} training examples each model exposes most (highest mean LiRA "
+                         f"score while a member) that the other model also has in its top {k}; each model's "
+                         f"first seed. A high overlap says the same examples are vulnerable whatever the model.")

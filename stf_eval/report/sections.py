@@ -11,7 +11,16 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from .figures import Figure, grouped_bars, model_bars, robust_accuracy_figure, saved_figure, shift_figure
+from .figures import (
+    Figure,
+    exposed_overlap_table,
+    grouped_bars,
+    membership_roc_overlay,
+    model_bars,
+    robust_accuracy_figure,
+    saved_figure,
+    shift_figure,
+)
 from .headline import ood_per_set
 from .stats import seed_stats
 from .tables import Cell, Table, pivot, varying
@@ -22,11 +31,12 @@ CALIBRATION = ("accuracy", "nll", "brier", "ece", "ece_adaptive", "ece_classwise
 OOD = ("auroc", "fpr95", "aupr_in", "aupr_out")
 ADVERSARIAL = ("clean_accuracy", "robust_accuracy")
 MEMBERSHIP = ("tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "mia_auc", "mia_balanced_accuracy")
-MEMBERSHIP_MODEL = ("generalization_gap", "dp_epsilon")
+MEMBERSHIP_POOLED = ("tpr_at_0.1pct_fpr_pooled", "tpr_at_1pct_fpr_pooled", "mia_auc_pooled")
+MEMBERSHIP_MODEL = ("generalization_gap", "dp_epsilon", "dp_audit_epsilon_lb")
 EFFICIENCY = ("trainable_params", "distribution_params", "total_params", "forward_passes_per_prediction",
               "latency_ms_per_example")
 STAGED = ("train_seconds", "peak_memory_mb")
-KNOWN = set(CALIBRATION + OOD + ADVERSARIAL + MEMBERSHIP + MEMBERSHIP_MODEL + EFFICIENCY + STAGED
+KNOWN = set(CALIBRATION + OOD + ADVERSARIAL + MEMBERSHIP + MEMBERSHIP_POOLED + MEMBERSHIP_MODEL + EFFICIENCY + STAGED
             + ("adv_detection_auroc", "sanity_check", "robust_accuracy_std"))
 LONG_TABLE = 30  # rows; longer tables start collapsed
 
@@ -216,21 +226,35 @@ def sanity_table(df, models) -> Table | None:
                          "unreliable (e.g. gradient masking). Hover a mark for each seed's detail.")
 
 
-def membership_blocks(sec: Section, df, models) -> None:
+def membership_blocks(sec: Section, df, run, models) -> None:
     mia = df[df["metric"].isin(MEMBERSHIP)]
     if not mia.empty:
         sec.add(pivot(mia, ["attack", "model"], ["metric"], "Membership inference",
                       orders=_orders(models), best_within="attack",
-                      caption="Members = the target's training split, non-members = the test split; the "
-                              "attacker queries the deployed predictive. TPR at low FPR first (Carlini et al. "
-                              "2022); lower is more private; the best model per attack is marked."),
+                      caption="Members = the examples a target trained on, non-members = the rest of the pool "
+                              "(train + test splits); shared design: mean over the targets with an interval "
+                              "over targets. The attacker queries the deployed predictive. TPR at low FPR "
+                              "first (Carlini et al. 2022), empty where too few non-members resolve it; gap "
+                              "is the label-only floor; lower is more private; the best model per attack is "
+                              "marked."),
                 open_=True)
     per_model = df[df["metric"].isin(MEMBERSHIP_MODEL)].copy()
     if not per_model.empty:
         per_model["attack"] = ""  # the same figure is recorded once per attack by some suites
         sec.add(pivot(per_model, ["model"], ["metric"], "Generalisation gap and privacy budget",
                       orders=_orders(models),
-                      caption="Train minus test accuracy of the target; epsilon spent by DP-SGD models."))
+                      caption="Train minus test accuracy of the cell's model; epsilon spent by DP-SGD models; "
+                              "the empirical epsilon lower bound of the DP audit (docs/membership.md)."))
+    pooled = df[df["metric"].isin(MEMBERSHIP_POOLED)]
+    if not pooled.empty:
+        sec.add(pivot(pooled, ["attack", "model"], ["metric"], "Membership inference, targets pooled",
+                      orders=_orders(models), best_within="attack",
+                      caption="Every target's scores in one ROC (shared design): more non-members behind "
+                              "each low-FPR point than one target has."), open_=False)
+    if not mia.empty and run is not None:
+        suite = str(df["suite"].iloc[0])
+        sec.draw(membership_roc_overlay, run.path, suite, models, _colors(models))
+        sec.add(exposed_overlap_table(run.path, suite, models))
     tpr = mia[mia["metric"] == "tpr_at_1pct_fpr"]
     if not tpr.empty:
         attacks = list(dict.fromkeys(tpr["attack"]))
@@ -297,8 +321,8 @@ def protocol_lines(params: dict, families: set[str], bins) -> list[str]:
                      "sampling on (expectation over transformation, Athalye et al. 2018).")
     if "membership" in families:
         refs = {k: v for k, v in params.items() if re.search(r"reference|shadow", k)}
-        lines.append("Membership: members = training split, non-members = test split; the attacker queries "
-                     "the deployed predictive" + (f"; reference models: {', '.join(f'{k} = {v}' for k, v in refs.items())}" if refs else "") + ".")
+        lines.append("Membership: members = the examples a target trained on, non-members = the rest of the "
+                     "pool (train + test); the attacker queries the deployed predictive" + (f"; reference models: {', '.join(f'{k} = {v}' for k, v in refs.items())}" if refs else "") + ".")
     return lines
 
 
@@ -336,7 +360,7 @@ def build_sections(run, df, models: list[str], figures: str = "first-seed") -> l
             sec.id += f"-{len(out)}"
         fam = families_of(sub)
         for build, args in ((calibration_blocks, (bins,)), (ood_blocks, None), (adversarial_blocks, ()),
-                            (membership_blocks, ()), (efficiency_blocks, ()), (generic_blocks, ())):
+                            (membership_blocks, None), (efficiency_blocks, ()), (generic_blocks, ())):
             try:
                 if args is None:
                     build(sec, sub, run, models)
