@@ -36,9 +36,13 @@ def _recipes():
 
 
 def _tiny_version(spec: PluginSpec) -> PluginSpec:
+    """A couple of epochs; a prior_sigma_grid is replaced by its first candidate (the optimiser and its
+    learning rate are under test here; the search is tested in test_models.py)."""
     epochs_key = "epochs" if spec.plugin == "full_bnn" else "svi_epochs"
-    params = dataclasses.replace(spec.params, **{epochs_key: EPOCHS, "test_samples": 2})
-    return dataclasses.replace(spec, params=params)
+    changes = {epochs_key: EPOCHS, "test_samples": 2}
+    if getattr(spec.params, "prior_sigma_grid", ()):
+        changes.update(prior_sigma=spec.params.prior_sigma_grid[0], prior_sigma_grid=())
+    return dataclasses.replace(spec, params=dataclasses.replace(spec.params, **changes))
 
 
 def _lr(params) -> float:
