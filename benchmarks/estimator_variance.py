@@ -16,7 +16,8 @@ conv layers, local reparameterisation on linear ones):
   draws, summed over all mu (resp. rho) entries, then the median over batches (and min, max). Also the
   noise-to-signal ratio: that sum over the squared norm of the mean gradient;
 * epoch time: one SVI epoch (Adam, the recipe's batch size) over the training split, the estimators
-  interleaved (A B C D, then D C B A, ...) for ``--repeats`` repetitions; median, min and max seconds.
+  interleaved (A B C D, then D C B A, ...) for ``--repeats`` repetitions; median, min and max of the
+  wall seconds and of the process CPU seconds (less disturbed when the machine is shared).
 
     python benchmarks/estimator_variance.py [--threads 1] [--repeats 3] [--draws 64] [--batches 4]
 """
@@ -124,14 +125,17 @@ def main(argv=None) -> dict:
         times = interleaved(runs, args.repeats, warmup=1, label=f"{selection} epoch")
         for est, t in zip(ESTIMATORS, times):
             table[est]["epoch_seconds"] = list(t)
+            table[est]["epoch_cpu_seconds"] = list(t.cpu)
         results[selection] = table
         print(f"\n## layers = {selection!r}  (median over batches [min, max]; epoch seconds median [min, max])")
-        print(f"| estimator | var(grad mu) | var(grad rho) | noise/signal mu | noise/signal rho | epoch s |")
-        print("| --- | --- | --- | --- | --- | --- |")
+        print("| estimator | var(grad mu) | var(grad rho) | noise/signal mu | noise/signal rho | epoch s (wall) "
+              "| epoch s (process CPU) |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         for est in ESTIMATORS:
             r = table[est]
             print(f"| {est} | {spread(r['mu'])} | {spread(r['rho'])} | {spread(r['mu_noise_signal'])} | "
-                  f"{spread(r['rho_noise_signal'])} | {spread(r['epoch_seconds'], '{:.2f}')} |")
+                  f"{spread(r['rho_noise_signal'])} | {spread(r['epoch_seconds'], '{:.2f}')} | "
+                  f"{spread(r['epoch_cpu_seconds'], '{:.2f}')} |")
     return results
 
 
