@@ -52,8 +52,8 @@ def gradient_variance(net, layers, x, y, n_train: int, draws: int, seed: int) ->
     from stf_eval.bayes import ElboLoss
 
     loss_fn = ElboLoss(layers, n_train)
-    groups = {"mu": [p for l in layers for p in (l.weight_mu, l.bias_mu) if p is not None],
-              "rho": [p for l in layers for p in (l.weight_rho, l.bias_rho) if p is not None]}
+    groups = {"mu": [p for layer in layers for p in (layer.weight_mu, layer.bias_mu) if p is not None],
+              "rho": [p for layer in layers for p in (layer.weight_rho, layer.bias_rho) if p is not None]}
     grads = {k: [] for k in groups}
     torch.manual_seed(seed)
     for _ in range(draws):
@@ -81,7 +81,7 @@ def one_epoch(base, selection, example, sigma, estimator, train, batch_size, lr,
     def run() -> float:
         net, layers = variational_copy(base, selection, example, sigma, estimator)
         torch.manual_seed(seed)
-        opt = torch.optim.Adam([q for l in layers for q in l.variational_parameters()], lr=lr)
+        opt = torch.optim.Adam([q for layer in layers for q in layer.variational_parameters()], lr=lr)
         return fit(net, train, epochs=1, batch_size=batch_size, optimizer=opt, device=device, seed=seed,
                    loss_fn=ElboLoss(layers, len(train)), desc=f"{selection}/{estimator}", train_mode=False)
     return run

@@ -35,7 +35,14 @@ def main(argv=None) -> dict:
     import torch.nn.functional as F
     from sklearn.metrics import roc_auc_score
 
-    from stf_eval.bayes import VariationalInit, convert, estimating, sample_logits, softplus_inverse, variational_layers
+    from stf_eval.bayes import (
+        VariationalInit,
+        convert,
+        estimating,
+        sample_logits,
+        softplus_inverse,
+        variational_layers,
+    )
 
     base = build("deterministic", cfg, data, device).net
     x = data.test.x[:args.examples].to(device)
