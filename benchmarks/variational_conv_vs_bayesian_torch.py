@@ -39,11 +39,12 @@ def conv_names(net) -> list[str]:
 
 
 def ours(net, example, local_reparam: bool):
-    """Every conv layer of ``net`` made variational by the project's converter (nothing frozen)."""
+    """Every conv layer of ``net`` made variational by the project's converter (nothing frozen), trained
+    with local reparameterisation or weight sampling (the ELBO's training estimator)."""
     from stf_eval.bayes import VariationalInit, convert, variational_layers
 
     init = VariationalInit(rho_rule="constant", rho_init=-5.0, prior="zero", prior_sigma=1.0,
-                           local_reparam=local_reparam)
+                           train_estimator="local_reparam" if local_reparam else "weight_sample")
     new, _ = convert(net, conv_names(net), example, init=init, freeze_rest=False)
     return new, variational_layers(new)
 
@@ -106,7 +107,7 @@ def main(argv=None) -> list[Result]:
                "epoch": f"{n_train} examples, batch {cfg.train.batch_size}, {cfg.train.optimizer}",
                "environment": environment()}
     return [
-        result("3a variational conv (local reparam., default) vs bayesian-torch",
+        result("3a variational conv (local reparam. estimator) vs bayesian-torch",
                "ours / Conv2dReparameterization epoch time", TARGET, t_local, t_bt, details=details),
         result("3b variational conv (weight sampling, same estimator) vs bayesian-torch",
                "ours / Conv2dReparameterization epoch time", TARGET, t_plain, t_bt),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +17,7 @@ from stf_eval.bayes import (
     VariationalLinear,
     convert,
     distribution_param_count,
+    estimating,
     kl_divergence,
     sample_logits,
     trace_call_order,
@@ -120,12 +124,15 @@ def test_closed_form_kl_matches_monte_carlo(prior):
     assert closed == pytest.approx(total, rel=0.02)
 
 
-def test_sigma_near_zero_reproduces_the_deterministic_logits():
+@pytest.mark.parametrize("estimator", ["flipout", "local_reparam", "weight_sample"])
+def test_sigma_near_zero_reproduces_the_deterministic_logits(estimator):
     net = small_net()
     x = torch.rand(16, 1, 8, 8)
-    for local in (True, False):
-        bnn, _ = convert(net, "all", x[:1], VariationalInit(rho_init=-25.0, local_reparam=local))
-        out = sample_logits(bnn, x, 3, variational_layers(bnn))
+    bnn, _ = convert(net, "all", x[:1], VariationalInit(rho_init=-25.0, train_estimator=estimator))
+    layers = variational_layers(bnn)
+    for training in (False, True):
+        with estimating(layers) if training else contextlib.nullcontext():
+            out = sample_logits(bnn, x, 3, layers)
         assert out.shape == (3, 16, 10)
         assert torch.allclose(out, net(x).expand(3, -1, -1), atol=1e-4)
 
@@ -155,7 +162,7 @@ def _analytic_moments(layer, x):
 
 @pytest.mark.parametrize("kind", ["linear", "conv"])
 @pytest.mark.parametrize("shared", [False, True])
-def test_local_and_plain_reparameterisation_agree_in_mean_and_variance(kind, shared):
+def test_every_estimator_and_the_predictive_have_the_exact_mean_and_variance_per_unit(kind, shared):
     torch.manual_seed(2)
     layer = VariationalLinear(6, 4, rho_init=-1.0) if kind == "linear" else VariationalConv2d(2, 3, 3, padding=1,
                                                                                               rho_init=-1.0)
@@ -163,16 +170,148 @@ def test_local_and_plain_reparameterisation_agree_in_mean_and_variance(kind, sha
     mean, var = _analytic_moments(layer, x)
     s = 4000
     layer.fed_by_input = shared
-    for local in (True, False):
-        layer.local_reparam = local
-        with torch.no_grad():
-            out = sample_logits(layer, x, s, [layer])
+    # flipout ignores the shared-input shortcut (its signs differ per row): checked once
+    for estimator in ("predictive", "local_reparam", "weight_sample") + (() if shared else ("flipout",)):
+        out = _draws(layer, x, estimator, s)
         assert out.shape == (s, *mean.shape)
         tol = 5 * var.sqrt() / s**0.5  # ~5 standard errors of the mean
-        assert ((out.mean(0) - mean).abs() <= tol).all(), f"local={local}: mean off"
-        assert torch.allclose(out.var(0), var, rtol=0.15), f"local={local}: variance off"
+        assert ((out.mean(0) - mean).abs() <= tol).all(), f"{estimator}: mean off"
+        assert torch.allclose(out.var(0), var, rtol=0.15), f"{estimator}: variance off"
         # samples of different copies are independent draws, not repeats
         assert (out[0] - out[1]).abs().max() > 1e-3
+
+
+def _draws(layer, x: torch.Tensor, estimator: str, s: int) -> torch.Tensor:
+    """[s, *out] samples of one layer: the predictive, or a training estimator under ``estimating``.
+
+    Flipout shares one perturbation per call (decorrelated across rows by random signs only), so its
+    marginal distribution is seen over many calls: 8 samples per call."""
+    if estimator == "predictive":
+        with torch.no_grad():
+            return sample_logits(layer, x, s, [layer])
+    layer.train_estimator = estimator
+    per_call = 8 if estimator == "flipout" else s
+    with torch.no_grad(), estimating([layer]):
+        return torch.cat([sample_logits(layer, x, per_call, [layer]) for _ in range(s // per_call)])
+
+
+def _exact_neighbour_correlation(layer: VariationalConv2d, x: torch.Tensor) -> torch.Tensor:
+    """Correlation, under q, of horizontally neighbouring output positions [B, C_out, H, W-1]: both
+    share the weight draw, so Cov = sum_j patch_p[j] patch_p'[j] sigma_j^2 + sigma_bias^2."""
+    sig2 = F.softplus(layer.weight_rho).detach().flatten(1) ** 2  # [O, J]
+    bsig2 = F.softplus(layer.bias_rho).detach() ** 2
+    patches = F.unfold(x, layer.kernel_size, padding=layer.padding)  # [B, J, L]
+    h = w = x.shape[-1]  # stride 1, 'same' padding in these tests
+    patches = patches.reshape(x.shape[0], -1, h, w)
+    left, right = patches[..., :-1], patches[..., 1:]
+    cov = torch.einsum("oj,bjhw->bohw", sig2, left * right) + bsig2[None, :, None, None]
+    var_l = torch.einsum("oj,bjhw->bohw", sig2, left * left) + bsig2[None, :, None, None]
+    var_r = torch.einsum("oj,bjhw->bohw", sig2, right * right) + bsig2[None, :, None, None]
+    return cov / (var_l * var_r).sqrt()
+
+
+def _empirical_neighbour_correlation(out: torch.Tensor) -> torch.Tensor:
+    """out [S, B, C, H, W] -> correlation over S of horizontally neighbouring positions."""
+    c = out - out.mean(0)
+    left, right = c[..., :-1], c[..., 1:]
+    return (left * right).mean(0) / (left.square().mean(0) * right.square().mean(0)).sqrt()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_predictive_of_a_conv_layer_has_the_exact_spatial_correlation_of_weight_sampling(shared):
+    torch.manual_seed(4)
+    layer = VariationalConv2d(1, 3, 3, padding=1, rho_init=-2.0)
+    layer.fed_by_input = shared
+    x = torch.rand(2, 1, 6, 6)
+    exact = _exact_neighbour_correlation(layer, x)
+    assert exact.mean() > 0.3  # the positions really are correlated under q
+    out = _draws(layer, x, "predictive", 4000)
+    assert (_empirical_neighbour_correlation(out) - exact).abs().max() < 0.05
+    if shared:
+        return
+    # flipout trains on the same spatial correlation; local reparameterisation does not (it would fail).
+    # (Flipout's samples within a call share one perturbation: fewer effective draws, so the mean error.)
+    for estimator, faithful in (("flipout", True), ("weight_sample", True), ("local_reparam", False)):
+        est = _empirical_neighbour_correlation(_draws(layer, x, estimator, 4000))
+        assert ((est - exact).abs().mean() < 0.025) == faithful, estimator
+
+
+def _mutual_information(logits: torch.Tensor) -> torch.Tensor:
+    """[S, B, C] -> per-example MI = H(mean p) - mean H(p)."""
+    p = logits.softmax(-1)
+    mean = p.mean(0)
+    entropy = lambda q: -(q * q.clamp_min(1e-12).log()).sum(-1)  # noqa: E731
+    return entropy(mean) - entropy(p).mean(0)
+
+
+class PooledNet(nn.Module):
+    """conv -> ReLU -> global average pool -> linear: the pool sums the conv's positions, so whether
+    they share one weight draw (q) or get independent noise (local reparameterisation) decides the
+    predictive's spread."""
+
+    def __init__(self):
+        super().__init__()
+        self.normalize = Normalize([0.5], [0.5])
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(F.adaptive_avg_pool2d(torch.relu(self.stem(self.normalize(x))), 1).flatten(1))
+
+
+@pytest.mark.parametrize("fed_by_input", [True, False])  # stacked draws on one copy / grouped draws on S copies
+def test_mutual_information_of_the_predictive_matches_explicit_weight_draws(fed_by_input):
+    torch.manual_seed(6)
+    net = PooledNet().eval()
+    with torch.no_grad():
+        net.head.weight.mul_(8.0)
+    x = torch.rand(64, 1, 6, 6)
+    bnn, names = convert(net, "first", x[:1], VariationalInit(rho_init=-1.5))
+    layers = variational_layers(bnn)
+    layer = layers[0]
+    layer.fed_by_input = fed_by_input
+    s = 64
+    with torch.no_grad():
+        predictive = _mutual_information(sample_logits(bnn, x, s, layers))
+        # brute force: S explicit weight draws, each applied to the whole batch by an ordinary Conv2d
+        draws = []
+        for _ in range(s):
+            det = copy.deepcopy(net)
+            det.stem.weight.copy_(layer.weight_mu + F.softplus(layer.weight_rho) * torch.randn_like(layer.weight_mu))
+            det.stem.bias.copy_(layer.bias_mu + F.softplus(layer.bias_rho) * torch.randn_like(layer.bias_mu))
+            draws.append(det(x))
+        brute = _mutual_information(torch.stack(draws))
+        layer.train_estimator = "local_reparam"
+        with estimating(layers):
+            local = _mutual_information(sample_logits(bnn, x, s, layers))
+    diff = predictive - brute
+    assert names == ["stem"] and brute.mean() > 0.02  # a posterior wide enough to mean something
+    assert diff.mean().abs() < 4 * diff.std() / len(diff) ** 0.5 + 0.002, (predictive.mean(), brute.mean())
+    # the test can see the old predictive's error: local reparameterisation underestimates MI here
+    off = local - brute
+    assert off.mean() < -4 * off.std() / len(off) ** 0.5, (local.mean(), brute.mean())
+
+
+def test_flipout_matches_the_analytic_expected_gradient_and_reaches_mu_and_rho():
+    """E[sum out^2] = sum (mean^2 + var) in closed form; flipout's average gradient must match its gradient."""
+    torch.manual_seed(7)
+    layer = VariationalConv2d(2, 3, 3, padding=1, rho_init=-1.0)
+    layer.train_estimator = "flipout"
+    x = torch.rand(16, 2, 5, 5)
+    params = layer.variational_parameters()
+    mean, var = _analytic_moments(layer, x)
+    exact = torch.autograd.grad((mean.square() + var).sum() / len(x), params)
+    reps = 200
+    total = [torch.zeros_like(p) for p in params]
+    for _ in range(reps):
+        with estimating([layer]):
+            out = layer(x)
+        grads = torch.autograd.grad(out.square().sum() / len(x), params)
+        assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)  # mu and rho both learn
+        total = [t + g / reps for t, g in zip(total, grads)]
+    for name, got, want in zip(("weight_mu", "weight_rho", "bias_mu", "bias_rho"), total, exact):
+        rel = (got - want).norm() / want.norm()
+        assert rel < 0.2, f"{name}: relative error {rel:.3f}"  # Monte Carlo error of 200 draws: ~0.1
 
 
 def test_grouped_and_stacked_weight_sampling_equal_a_loop_over_draws():
@@ -204,7 +343,8 @@ def test_elbo_loss_and_kl_annealing():
     torch.manual_seed(0)
     full = ElboLoss(layers, n_train=100, kl_weight=2.0)(bnn, x, y)
     torch.manual_seed(0)
-    nll = F.cross_entropy(sample_logits(bnn, x, 1, layers)[0], y)
+    with estimating(layers):  # the loss samples with the training estimator
+        nll = F.cross_entropy(sample_logits(bnn, x, 1, layers)[0], y)
     assert full.item() == pytest.approx(nll.item() + 2.0 * kl_divergence(bnn).item() / 100, rel=1e-5)
 
 
@@ -216,7 +356,8 @@ def test_elbo_with_several_training_samples_averages_their_nll():
     torch.manual_seed(5)
     loss = ElboLoss(layers, n_train=50, kl_weight=0.0, train_samples=3)(bnn, x, y)
     torch.manual_seed(5)
-    logits = sample_logits(bnn, x, 3, layers)
+    with estimating(layers):
+        logits = sample_logits(bnn, x, 3, layers)
     expected = torch.stack([F.cross_entropy(logits[s], y) for s in range(3)]).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert not torch.allclose(logits[0], logits[1])

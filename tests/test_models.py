@@ -37,7 +37,16 @@ def test_stf_bnn_converts_the_first_layer_and_keeps_the_rest_of_the_pretrained_n
     assert model.deterministic_base() is model.base_net
     eff = model.efficiency()
     assert set(eff["train_seconds"]) == {"pretrain", "svi"} and set(eff["peak_memory_mb"]) == {"pretrain", "svi"}
-    assert model.capabilities().notes["variational_layers"] == ["1"]
+    notes = model.capabilities().notes
+    assert notes["variational_layers"] == ["1"] and notes["train_estimator"] == "auto"
+    assert notes["predictive"].startswith("weight sampling")
+    # per-layer sigma and per-epoch SVI convergence, as records the efficiency suite writes
+    rows = {(r["metric"], r.get("group")): r["value"] for r in model.extra_records}
+    sigma = F.softplus(layer.weight_rho.detach())
+    assert rows[("posterior_sigma_max", "1")] >= sigma.max().item()
+    assert {m for m, _ in rows} >= {"posterior_sigma_mean", "posterior_sigma_max", "svi_nll", "svi_kl"}
+    epochs = model.params.svi_epochs
+    assert [g for m, g in rows if m == "svi_nll"] == [f"epoch {k}" for k in range(1, epochs + 1)]
 
 
 def test_stf_bnn_svi_stage_is_cached(fitted_models, tiny_cfg, tiny_data):
@@ -50,6 +59,7 @@ def test_stf_bnn_svi_stage_is_cached(fitted_models, tiny_cfg, tiny_data):
     again = build_model(PluginSpec("stf_bnn", "stf_bnn", params), tiny_cfg, tiny_data, 0, torch.device("cpu"),
                         CheckpointCache(tiny_cfg.cache_dir))
     assert again.from_cache == {"pretrain": True, "svi": True}  # test_samples is not part of the key
+    assert again.extra_records == first.extra_records  # a warm cache reports what the cold run measured
     assert again.n_samples == 9
     assert all(torch.equal(a, b) for a, b in zip(first.net.state_dict().values(), again.net.state_dict().values()))
 
@@ -140,10 +150,71 @@ def test_full_bnn_makes_every_layer_variational(fitted_models):
     assert set(model.efficiency()["train_seconds"]) == {"train"}
 
 
+def test_stf_bnn_layers_parameter_selects_placement_and_names_the_layers_on_error(fitted_models, tiny_cfg,
+                                                                                  tiny_data):
+    from stf_eval.cache import CheckpointCache
+    from stf_eval.config import PluginSpec
+    from stf_eval.runner import build_model
+
+    def build(table):
+        params = parse_params(MODELS.get("stf_bnn").Params, {"svi_epochs": 1, "test_samples": 2, **table},
+                              "models.stf_bnn")
+        return build_model(PluginSpec("stf_bnn", "stf_bnn", params), tiny_cfg, tiny_data, 0,
+                           torch.device("cpu"), CheckpointCache(tiny_cfg.cache_dir))
+
+    assert build({"layers": ["4", "8"]}).converted == ["4", "8"]
+    assert build({"layers": "last"}).converted == ["10"]
+    with pytest.raises(ConfigError, match=r"no module named 'conv9'.*first to last: 1, 4, 8, 10"):
+        build({"layers": ["conv9"]})
+
+
+def test_prior_sigma_is_chosen_on_validation_nll_and_each_candidate_is_its_own_cached_stage(
+        fitted_models, tiny_cfg, tiny_data):
+    from stf_eval.cache import CheckpointCache
+    from stf_eval.config import PluginSpec
+    from stf_eval.runner import build_model
+
+    def build(table):
+        params = parse_params(MODELS.get("last_layer_bnn").Params, {"svi_epochs": 1, "test_samples": 4, **table},
+                              "models.last_layer_bnn")
+        return build_model(PluginSpec("last_layer_bnn", "last_layer_bnn", params), tiny_cfg, tiny_data, 0,
+                           torch.device("cpu"), CheckpointCache(tiny_cfg.cache_dir))
+
+    model = build({"prior_sigma_grid": [0.01, 3.0]})
+    assert set(model.val_nll) == {0.01, 3.0}
+    assert model.prior_sigma == min(model.val_nll, key=model.val_nll.get)
+    assert model.net.get_submodule("10").prior_sigma == model.prior_sigma
+    assert set(model.efficiency()["train_seconds"]) == {"pretrain", "svi", "prior_sigma_search"}
+    rows = [r for r in model.extra_records if r["metric"] in ("val_nll", "prior_sigma_chosen")]
+    assert len(rows) == 3 and model.capabilities().notes["prior_sigma"] == model.prior_sigma
+    # the chosen candidate's stage is the stage of a plain run with that prior_sigma (shared cache entry)
+    plain = build({"prior_sigma": model.prior_sigma})
+    assert plain.from_cache["svi"]
+    assert all(torch.equal(a, b) for a, b in zip(plain.net.state_dict().values(), model.net.state_dict().values()))
+    # seeded from (seed, candidate): the same figures again on a warm cache
+    again = build({"prior_sigma_grid": [0.01, 3.0]})
+    assert again.val_nll == model.val_nll
+
+
+def test_training_seeds_come_from_one_scheme():
+    from stf_eval.models.deep_ensemble import member_seed
+    from stf_eval.seeding import derive_seed
+
+    assert member_seed(7, 0) == 7  # member 0 is the deterministic base of the cell (shared cache)
+    seeds = {member_seed(s, m) for s in (0, 1, 1000, 2000) for m in range(5)}
+    assert len(seeds) == 20  # seed + 1000 m collided: member 1 of seed 0 = member 0 of seed 1000
+    assert member_seed(3, 2) == derive_seed(3, "ensemble-member", 2)
+
+
 @pytest.mark.parametrize("name, table, message", [
     ("stf_bnn", {"svi_epochs": 0}, "svi_epochs"),
     ("stf_bnn", {"prior": "flat"}, "prior"),
     ("full_bnn", {"prior_sigma": 0}, "prior_sigma"),
+    ("stf_bnn", {"train_estimator": "reinforce"}, "train_estimator"),
+    ("stf_bnn", {"local_reparam": True}, "local_reparam"),
+    ("stf_bnn", {"prior_sigma_grid": [0.1, -1]}, "prior_sigma_grid"),
+    ("stf_bnn", {"layers": []}, "layers"),
+    ("full_bnn", {"optimizer": "rmsprop"}, "optimizer"),
     ("mc_dropout", {"p": 1.0}, "p"),
     ("deep_ensemble", {"members": 1}, "members"),
 ])

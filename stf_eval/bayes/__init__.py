@@ -3,6 +3,7 @@
 from .convert import (
     VariationalInit,
     convert,
+    convertible_layers,
     distribution_param_count,
     kl_divergence,
     replace_module,
@@ -12,6 +13,8 @@ from .convert import (
     variational_layers,
 )
 from .layers import (
+    DEFAULT_CONV_ESTIMATOR,
+    TRAIN_ESTIMATORS,
     VariationalConv2d,
     VariationalLayer,
     VariationalLinear,
@@ -19,10 +22,11 @@ from .layers import (
     softplus_inverse,
     total_kl,
 )
-from .sampling import ElboLoss, repeat_batch, sample_logits
+from .sampling import ElboLoss, estimating, repeat_batch, sample_logits
 
 __all__ = [
-    "ElboLoss", "VariationalConv2d", "VariationalInit", "VariationalLayer", "VariationalLinear", "convert",
-    "distribution_param_count", "gaussian_kl", "kl_divergence", "repeat_batch", "replace_module", "sample_logits",
+    "DEFAULT_CONV_ESTIMATOR", "ElboLoss", "TRAIN_ESTIMATORS", "VariationalConv2d", "VariationalInit",
+    "VariationalLayer", "VariationalLinear", "convert", "convertible_layers", "distribution_param_count",
+    "estimating", "gaussian_kl", "kl_divergence", "repeat_batch", "replace_module", "sample_logits",
     "select_layers", "softplus_inverse", "total_kl", "trace_call_order", "traced_calls", "variational_layers",
 ]

@@ -36,7 +36,7 @@ class VariationalInit:
     moped_delta: float = 0.1
     prior: Literal["trained", "zero"] = "trained"
     prior_sigma: float = 1.0
-    local_reparam: bool = True
+    train_estimator: str = "auto"  # see layers.TRAIN_ESTIMATORS; prediction is always weight sampling
 
 
 def _traced_leaf_calls(net: nn.Module, example_input: torch.Tensor) -> list[tuple[str, nn.Module]]:
@@ -93,15 +93,25 @@ def select_layers(net: nn.Module, selection: str | Sequence[str], example_input:
         return list(dict.fromkeys(calls))
     names = [selection] if isinstance(selection, str) else list(selection)
     modules = dict(net.named_modules())
-    convertible = [n for n, m in modules.items() if isinstance(m, CONVERTIBLE)]
     for name in names:
         if name not in modules:
-            raise ConfigError(f"layers: no module named {name!r} (Conv2d/Linear modules: {', '.join(convertible)})")
+            convertible = convertible_layers(net, example_input)
+            raise ConfigError(f"layers: no module named {name!r} (this net's Conv2d/Linear modules, "
+                              f"first to last: {', '.join(convertible)}; or 'first', 'last', 'all')")
         if not isinstance(modules[name], CONVERTIBLE):
-            raise ConfigError(f"layers: module {name!r} is a {type(modules[name]).__name__}, not Conv2d or Linear")
+            convertible = convertible_layers(net, example_input)
+            raise ConfigError(f"layers: module {name!r} is a {type(modules[name]).__name__}, not Conv2d or Linear "
+                              f"(this net's Conv2d/Linear modules, first to last: {', '.join(convertible)})")
     if not names:
         raise ConfigError("layers: expected 'first', 'last', 'all' or a non-empty list of module names")
     return names
+
+
+def convertible_layers(net: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """Names of the Conv2d/Linear modules ``layers`` may name: the ones a forward pass applies, in call
+    order, then any the pass does not reach."""
+    called = trace_call_order(net, example_input)
+    return called + [n for n, m in net.named_modules() if isinstance(m, CONVERTIBLE) and n not in called]
 
 
 def replace_module(net: nn.Module, name: str, new: nn.Module) -> None:
@@ -115,7 +125,7 @@ def make_variational(layer: nn.Module, init: VariationalInit) -> VariationalLaye
     """A variational copy of ``layer``: mu = its weights (and bias), rho and prior from ``init``."""
     cls = VariationalConv2d if isinstance(layer, nn.Conv2d) else VariationalLinear
     new = cls.from_module(layer, rho_init=init.rho_init, prior_sigma=init.prior_sigma,
-                          local_reparam=init.local_reparam)
+                          train_estimator=init.train_estimator)
     with torch.no_grad():
         new.weight_mu.copy_(layer.weight)
         if layer.bias is not None:

@@ -1,26 +1,39 @@
 """Mean-field Gaussian variational Linear and Conv2d layers.
 
 q(w) = N(mu, sigma^2) per weight, sigma = softplus(rho). Every forward call draws a fresh sample,
-whatever the module's train()/eval() mode (attack libraries call eval(); sampling must go on).
+whatever the module's train()/eval() mode (attack libraries call eval(); STF-BNN's SVI runs in eval
+mode to keep batch-norm frozen): the mode never decides how a layer samples.
 
-Two estimators:
+**Prediction is always exact weight sampling** (Blundell et al. 2015): w = mu + sigma * eps, out =
+op(x, w), one weight draw shared by every position (and every row) of a group of the batch.
+``sample_groups`` = G gives G independent draws, row r of the batch using draw r mod G (the S-sample
+pass sets G = S and lays the batch out example-major, so draw s is sample s). Every prediction,
+attack and membership query therefore sees the noise model of q itself, including the correlation
+of the output positions of a convolution, which share one weight draw.
 
-* local reparameterisation (default, Kingma et al. 2015): the pre-activation of each unit is
-  Gaussian given the input, so it is sampled directly: mean = op(x, mu), var = op(x^2, sigma^2),
-  out = mean + sqrt(var) * eps. Each example gets its own independent draw and gradients have
-  lower variance.
-* plain reparameterisation (weight sampling, Blundell et al. 2015): w = mu + sigma * eps, out =
-  op(x, w). One weight draw is shared by a whole group of the batch; ``sample_groups`` = G gives G
-  independent draws, row r of the batch using draw r mod G (the S-sample pass sets G = S and lays
-  the batch out example-major, so draw s is sample s). This is the exact predictive of q for conv
-  layers too; local reparameterisation treats the positions of a conv output as independent.
+**Training estimators** (``train_estimator``), used only while ``estimating`` is set (the ELBO loss
+sets it around its forward pass, see sampling.ElboLoss); all give unbiased gradients of the ELBO
+except local reparameterisation on a convolution:
+
+* ``"weight_sample"``: the predictive above, one draw per batch (per sample index): exact, but the
+  whole batch shares one draw, so gradients are noisy.
+* ``"local_reparam"`` (Kingma et al. 2015): the pre-activation of each unit is Gaussian given the
+  input: mean = op(x, mu), var = op(x^2, sigma^2), out = mean + sqrt(var) * eps, independent per
+  example and output unit. Exact for a Linear layer on [B, in] inputs. For a convolution it treats
+  the output positions as independent (under q they share a draw): it optimises a different
+  objective, so it is a training estimator only, never a predictive.
+* ``"flipout"`` (Wen et al. 2018): one draw dW = sigma * eps per batch, decorrelated across examples
+  by random signs: out = op(x, mu) + s_out * op(x * s_in, dW), s_in, s_out independent +-1 per
+  example and channel (shared by the positions of an example). Each example sees an exact draw
+  from q (spatial correlation included); the examples of a batch are nearly independent.
+* ``"auto"``: local reparameterisation for Linear layers on 2-D inputs (exact and cheapest there),
+  ``DEFAULT_CONV_ESTIMATOR`` otherwise (chosen by benchmarks/estimator_variance.py; docs/models.md).
 
 A layer that the input reaches through deterministic, parameter-free modules only (STF-BNN's first
 layer) sees S identical copies of each example in the S-sample pass. ``fed_by_input`` marks it (the
 converter sets it), and then the convolution runs once on the original batch instead of S times:
-local reparameterisation broadcasts mean and variance over S noise draws; plain reparameterisation
-applies the S weight draws stacked along the output channels. The samples have exactly the same
-distribution as without the shortcut.
+weight sampling applies the S weight draws stacked along the output channels (exact: row i * S + s is
+example i under draw s); local reparameterisation broadcasts mean and variance over S noise draws.
 
 KL(q || p) to a Gaussian prior N(m, s^2) is closed form; m is zero or a given tensor (for STF-BNN:
 the trained weights). It is computed only when asked (``kl()``), never inside forward.
@@ -35,6 +48,11 @@ import torch.nn.functional as F
 from torch import nn
 
 _VAR_FLOOR = 1e-16  # keeps sqrt differentiable where an input patch is exactly zero
+
+#: the training estimators a layer accepts (``"auto"`` resolves per layer, see the module docstring)
+TRAIN_ESTIMATORS = ("auto", "flipout", "local_reparam", "weight_sample")
+#: the estimator ``"auto"`` uses for convolutions (and Linear layers on inputs with extra dimensions)
+DEFAULT_CONV_ESTIMATOR = "flipout"
 
 
 def softplus_inverse(sigma: torch.Tensor | float) -> torch.Tensor:
@@ -66,7 +84,7 @@ class VariationalLayer(nn.Module):
     """Parameters, prior and KL shared by the variational Linear and Conv2d layers."""
 
     def __init__(self, weight_shape: tuple[int, ...], out_features: int, bias: bool, *, rho_init: float = -5.0,
-                 prior_sigma: float = 1.0, local_reparam: bool = True):
+                 prior_sigma: float = 1.0, train_estimator: str = "auto"):
         super().__init__()
         if prior_sigma <= 0:
             raise ValueError(f"prior_sigma must be positive, got {prior_sigma}")
@@ -82,7 +100,10 @@ class VariationalLayer(nn.Module):
         self.register_buffer("weight_prior_mu", None)
         self.register_buffer("bias_prior_mu", None)
         self.prior_sigma = float(prior_sigma)
-        self.local_reparam = bool(local_reparam)
+        if train_estimator not in TRAIN_ESTIMATORS:
+            raise ValueError(f"train_estimator must be one of {TRAIN_ESTIMATORS}, got {train_estimator!r}")
+        self.train_estimator = train_estimator
+        self.estimating = False  # set by the ELBO loss around its forward pass: use train_estimator
         self.sample_groups = 1  # set by the S-sample pass (see sampling.sample_logits)
         self.fed_by_input = False  # set by the converter: upstream of this layer is deterministic
         self.shared_input = False  # set by the S-sample pass: the sample_groups groups are identical
@@ -126,16 +147,27 @@ class VariationalLayer(nn.Module):
         """``_op`` of a batch [b, ...] under G draws -> [b * G, ...], row i * G + g using draw g."""
         raise NotImplementedError
 
+    def estimator_for(self, x: torch.Tensor) -> str:
+        """The sampling rule of a forward call on ``x``: "weight_sample" unless the ELBO is estimating."""
+        if not self.estimating:
+            return "weight_sample"
+        if self.train_estimator != "auto":
+            return self.train_estimator
+        return "local_reparam" if isinstance(self, VariationalLinear) and x.dim() == 2 else DEFAULT_CONV_ESTIMATOR
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w_sigma = F.softplus(self.weight_rho)
         b_sigma = None if self.bias_rho is None else F.softplus(self.bias_rho)
         groups = self.sample_groups
         if groups > 1 and x.shape[0] % groups:
             raise ValueError(f"batch of {x.shape[0]} cannot be split into {groups} sample groups")
+        estimator = self.estimator_for(x)
         shared = groups > 1 and self.shared_input
+        if estimator == "flipout":
+            return self._flipout(x, w_sigma, b_sigma)
         if shared:  # rows i*G .. i*G+G-1 are copies of example i: compute on one copy of each
             x = x.reshape(x.shape[0] // groups, groups, *x.shape[1:])[:, 0]
-        if self.local_reparam:
+        if estimator == "local_reparam":
             mean = self._op(x, self.weight_mu, self.bias_mu)
             var = self._op(x * x, w_sigma * w_sigma, None if b_sigma is None else b_sigma * b_sigma)
             std = torch.sqrt(var + _VAR_FLOOR)
@@ -152,6 +184,38 @@ class VariationalLayer(nn.Module):
         if b_sigma is not None:
             bias = self.bias_mu + b_sigma * torch.randn((groups, *b_sigma.shape), device=x.device, dtype=x.dtype)
         return self._op_stacked(x, weight, bias) if shared else self._op_grouped(x, weight, bias)
+
+    def _flipout(self, x: torch.Tensor, w_sigma: torch.Tensor, b_sigma: torch.Tensor | None) -> torch.Tensor:
+        """Flipout: op(x, mu) + s_out * op(x * s_in, sigma * eps), signs per example and channel.
+
+        One perturbation sigma * eps per call; example n sees it multiplied elementwise by the rank-one
+        sign matrix s_out(n) s_in(n)^T, which leaves its distribution (a symmetric Gaussian) unchanged,
+        so each example's output is an exact weight-sampling draw. The bias noise is drawn per example.
+        """
+        mean = self._op(x, self.weight_mu, self.bias_mu)
+        delta = w_sigma * torch.randn_like(w_sigma)
+        pert = self._op(x * _rademacher(self._sign_shape(x), x), delta, None)
+        out = mean + pert * _rademacher(self._sign_shape(pert), pert)
+        if b_sigma is not None:
+            noise = b_sigma * torch.randn((out.shape[0], b_sigma.shape[0]), device=out.device, dtype=out.dtype)
+            out = out + noise.reshape(self._sign_shape(out))
+        return out
+
+    def _channel_dim(self, t: torch.Tensor) -> int:
+        return 1 if isinstance(self, VariationalConv2d) else t.dim() - 1
+
+    def _sign_shape(self, t: torch.Tensor) -> tuple[int, ...]:
+        """[B, C, 1, 1] for a conv tensor, [B, 1, ..., C] for a linear one: one sign per example and
+        channel, shared by every position of the example."""
+        shape = [1] * t.dim()
+        dim = self._channel_dim(t)
+        shape[0], shape[dim] = t.shape[0], t.shape[dim]
+        return tuple(shape)
+
+
+def _rademacher(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """Independent +-1 entries of ``shape`` (dtype and device of ``like``)."""
+    return torch.randint(0, 2, shape, device=like.device).to(like.dtype).mul_(2).sub_(1)
 
 
 def _add_noise(mean: torch.Tensor, std: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -192,7 +256,7 @@ class VariationalLinear(VariationalLayer):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias_mu is not None}, local_reparam={self.local_reparam}")
+                f"bias={self.bias_mu is not None}, train_estimator={self.train_estimator!r}")
 
 
 class VariationalConv2d(VariationalLayer):
@@ -238,4 +302,4 @@ class VariationalConv2d(VariationalLayer):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, bias={self.bias_mu is not None}, "
-                f"local_reparam={self.local_reparam}")
+                f"train_estimator={self.train_estimator!r}")

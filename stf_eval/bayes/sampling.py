@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -57,11 +58,27 @@ def _expanded_pass(net: nn.Module, x: torch.Tensor, n_samples: int, layers: Sequ
     return out.reshape(x.shape[0], n_samples, *out.shape[1:]).transpose(0, 1).contiguous()
 
 
+@contextmanager
+def estimating(layers: Sequence[VariationalLayer]) -> Iterator[None]:
+    """Within the block the layers sample with their training estimator (``train_estimator``); outside
+    it every forward pass is the exact predictive (weight sampling). Not tied to train()/eval()."""
+    previous = [layer.estimating for layer in layers]
+    for layer in layers:
+        layer.estimating = True
+    try:
+        yield
+    finally:
+        for layer, before in zip(layers, previous):
+            layer.estimating = before
+
+
 class ElboLoss:
     """Negative ELBO per example: mean NLL over ``train_samples`` draws + kl_weight * KL / n_train.
 
-    ``warmup_steps`` > 0 ramps the KL weight linearly from 0 to ``kl_weight`` over that many
+    The forward pass runs under ``estimating(layers)``: each layer samples with its training
+    estimator. ``warmup_steps`` > 0 ramps the KL weight linearly from 0 to ``kl_weight`` over that many
     optimiser steps (KL annealing). Called as ``loss_fn(net, x, y)`` by ``stf_eval.training.fit``.
+    ``history`` keeps (batch size, NLL, KL / n_train) of every call, for per-epoch convergence records.
     """
 
     def __init__(self, layers: Sequence[VariationalLayer], n_train: int, kl_weight: float = 1.0,
@@ -74,6 +91,7 @@ class ElboLoss:
         self.train_samples = train_samples
         self.warmup_steps = warmup_steps
         self.steps = 0
+        self.history: list[tuple[int, float, float]] = []
 
     def current_kl_weight(self) -> float:
         if self.warmup_steps <= 0:
@@ -82,10 +100,23 @@ class ElboLoss:
 
     def __call__(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.steps += 1
-        logits = sample_logits(net, x, self.train_samples, self.layers)
+        with estimating(self.layers):
+            logits = sample_logits(net, x, self.train_samples, self.layers)
         nll = F.cross_entropy(logits.transpose(0, 1).reshape(-1, logits.shape[-1]),
                               y.repeat_interleave(self.train_samples))
         weight = self.current_kl_weight()
+        kl = total_kl(self.layers) / self.n_train
+        self.history.append((int(y.shape[0]), float(nll.detach()), float(kl.detach())))
         if weight == 0.0:
             return nll
-        return nll + weight * total_kl(self.layers) / self.n_train
+        return nll + weight * kl
+
+    def per_epoch(self, steps_per_epoch: int) -> tuple[list[float], list[float]]:
+        """Example-weighted mean NLL and mean KL / n_train of each epoch of ``steps_per_epoch`` calls."""
+        nll, kl = [], []
+        for start in range(0, len(self.history), steps_per_epoch):
+            chunk = self.history[start:start + steps_per_epoch]
+            n = sum(c[0] for c in chunk)
+            nll.append(sum(c[0] * c[1] for c in chunk) / n)
+            kl.append(sum(c[0] * c[2] for c in chunk) / n)
+        return nll, kl

@@ -8,6 +8,7 @@ import torch
 
 from ..params import require
 from ..registry import MODELS
+from ..seeding import derive_seed
 from .base import ModelPlugin, pretrained_base
 
 
@@ -20,8 +21,11 @@ class DeepEnsembleParams:
 
 
 def member_seed(seed: int, m: int) -> int:
-    """Member m trains with seed + 1000 m: member 0 is the deterministic base of the same seed."""
-    return seed + 1000 * m
+    """Member 0 trains with the cell seed (it is the deterministic base of that seed, shared through the
+    cache); member m >= 1 with ``derive_seed(seed, "ensemble-member", m)``, the run's one seed scheme, so
+    no member shares an initialisation with another model's training by accident (seed + 1000 m did
+    for cells whose seeds differ by 1000)."""
+    return seed if m == 0 else derive_seed(seed, "ensemble-member", m)
 
 
 @MODELS.register("deep_ensemble")
