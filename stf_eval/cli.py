@@ -1,4 +1,4 @@
-"""Command line: ``stf-eval run | list | report | compare``. Errors are one line on stderr and a non-zero exit."""
+"""Command line: ``stf-eval run | plan | list | report | compare``. Errors are one line on stderr and a non-zero exit."""
 
 from __future__ import annotations
 
@@ -34,6 +34,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--cache-dir", default=None, help="checkpoint cache (default: $STF_EVAL_CACHE or "
                                                      "~/.cache/stf-eval)")
     r.add_argument("--resume", action="store_true", help="skip (model, seed) cells already finished")
+    _executor_args(r)
+    r.add_argument("--dry-run", action="store_true", help="print the plan (jobs, cells, cost) and run nothing")
+
+    pl = sub.add_parser("plan", help="print a run's training jobs, cells and cost without running anything",
+                        description="Plan a suite file: every training job (one per cacheable stage, shared "
+                                    "stages once), whether it is cached, what it needs, the (model, seed) "
+                                    "cells, and an estimate of the training still to do. Runs nothing.")
+    pl.add_argument("suite", nargs="?", default=None, help="suite file (TOML); default: suites/quick.toml")
+    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any key of the file (repeatable)")
+    pl.add_argument("--cache-dir", default=None, help="checkpoint cache to check for finished jobs")
 
     ls = sub.add_parser("list", help="list registered plugins",
                         description="List registered models, suites, datasets and network architectures.")
@@ -62,6 +73,40 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="where jobs run: local (in this process, in order) or ray (default: the file's "
+                        "[executor] kind, else local)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="ray: 'auto' joins the cluster running here (ray start --head), HOST:PORT another; "
+                        "omitted: start a Ray instance on this machine")
+
+
+def _run_overrides(args) -> list[str]:
+    overrides = list(args.overrides)
+    if getattr(args, "device", None):
+        overrides.append(f"device={args.device!r}".replace("'", '"'))
+    if args.cache_dir:
+        overrides.append(f'cache_dir="{args.cache_dir}"')
+    if getattr(args, "executor", None):
+        overrides.append(f'executor.kind="{args.executor}"')
+    if getattr(args, "ray_address", None):
+        overrides.append(f'executor.address="{args.ray_address}"')
+    return overrides
+
+
+def _plan(args) -> None:
+    from .config import load_config
+    from .plan import data_for_plan, format_plan
+    from .runner import plan_run
+
+    cfg = load_config(args.suite, _run_overrides(args))
+    data, note = data_for_plan(cfg)
+    plan = plan_run(cfg, data, note=note)
+    print(f"plan {cfg.name} ({cfg.source}): executor {cfg.executor.kind}, cache {cfg.cache_dir}")
+    print(format_plan(plan, keys_known=not note))
+
+
 def _list(kind: str | None, pattern: str) -> None:
     from .registry import DATASETS, MODELS, NETS, SUITES
 
@@ -85,15 +130,15 @@ def main(argv: list[str] | None = None) -> int:
             from .config import load_config
             from .runner import run
 
-            overrides = list(args.overrides)
-            if args.device:
-                overrides.append(f"device={args.device!r}".replace("'", '"'))
-            if args.cache_dir:
-                overrides.append(f'cache_dir="{args.cache_dir}"')
-            cfg = load_config(args.suite, overrides)
-            run_dir = run(cfg, resume=args.resume, out_dir=args.out)
+            if args.dry_run:
+                _plan(args)
+                return 0
+            cfg = load_config(args.suite, _run_overrides(args))
+            run_dir = run(cfg, resume=args.resume, out_dir=args.out, progress=not args.quiet)
             print(f"results: {run_dir / 'results.csv'}")
             print(f"report:  {run_dir / 'report.html'}")
+        elif args.command == "plan":
+            _plan(args)
         elif args.command == "list":
             _list(args.kind, args.pattern)
         elif args.command == "report":
