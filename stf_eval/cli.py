@@ -1,4 +1,7 @@
-"""Command line: ``stf-eval run | plan | list | report | compare``. Errors are one line on stderr and a non-zero exit."""
+"""Command line: ``stf-eval run | plan | list | report | compare``.
+
+Errors are one line on stderr and a non-zero exit.
+"""
 
 from __future__ import annotations
 
@@ -101,6 +104,7 @@ def _plan(args) -> None:
     from .runner import plan_run
 
     cfg = load_config(args.suite, _run_overrides(args))
+    logging.getLogger("opacus").setLevel(logging.WARNING)  # its layer fixer talks while a plan walks dp_sgd
     data, note = data_for_plan(cfg)
     plan = plan_run(cfg, data, note=note)
     print(f"plan {cfg.name} ({cfg.source}): executor {cfg.executor.kind}, cache {cfg.cache_dir}")

@@ -65,6 +65,7 @@ class Job:
     key: str
     kind: str  # what the stage trains: deterministic, stf_bnn, mc_dropout, full_bnn, dp_sgd ...
     build: Build  # the first build planned that reaches this stage
+    seed: int  # the seed the stage trains with (an ensemble member's differs from its build's)
     deps: tuple[str, ...]  # keys of the stages it needs trained first
     cached: bool  # already in the checkpoint cache
     epochs: int
@@ -208,6 +209,7 @@ def make_plan(cfg: RunConfig, data: DataBundle, cache: CheckpointCache, *, done:
                         deps = () if kind == FROM_SCRATCH_KIND else tuple(earlier)
                         meta = cache.meta(key)
                         jobs[key] = Job(key=key, kind=kind, build=build, deps=deps, cached=meta is not None,
+                                        seed=int(stage_spec.get("seed", build.seed)),
                                         epochs=stage_epochs(stage_spec), examples=len(bundle.train),
                                         seconds=None if meta is None else float(meta.get("seconds", 0.0)))
                     earlier.append(key)
@@ -287,6 +289,12 @@ def estimate(plan: Plan) -> tuple[float | None, int, list[str]]:
     return (seconds if rates else None), units, sorted(unmeasured)
 
 
+def duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 def format_plan(plan: Plan, keys_known: bool = True) -> str:
     pending = {j.key for j in plan.pending_jobs()}
     lines = [f"jobs: {len(plan.jobs)} training stage(s), {len(pending)} to train "
@@ -299,15 +307,20 @@ def format_plan(plan: Plan, keys_known: bool = True) -> str:
         status = "?" if not keys_known else "cached" if job.cached else "train" if job.key in pending else "unused"
         key = job.key[:8] if keys_known else "?"
         deps = ", ".join(d[:8] for d in job.deps) if keys_known else ", ".join(plan.jobs[d].kind for d in job.deps)
-        lines.append(f"  {job.kind:<16} {job.build.model:<20} {job.build.seed:>6} {job.build.split[:22]:<22} "
+        lines.append(f"  {job.kind:<16} {job.build.model:<20} {job.seed:>6} {job.build.split[:22]:<22} "
                      f"{key:<8} {status:<8} {f'{job.epochs} x {job.examples}':>18}  {deps or '-'}")
     lines.append(f"cells: {len(plan.cells)} (model, seed), {len(plan.pending_cells())} to evaluate")
     for pc in plan.cells:
         lines.append(f"  {pc.cell.label:<28} {'done' if pc.done else 'to run':<7} {len(pc.stages)} stage(s)")
     seconds, units, unmeasured = estimate(plan)
+    by_kind: dict[str, int] = {}
+    for job in plan.pending_jobs():
+        by_kind[job.kind] = by_kind.get(job.kind, 0) + job.epochs * job.examples
     cost = f"cost: {units:,} example-epochs of training to do"
+    if by_kind:
+        cost += f" ({', '.join(f'{k} {v:,}' for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1]))})"
     if seconds is not None:
-        cost += f", about {seconds / 3600:.2f} h on one device of the kind that trained the cached stages"
+        cost += f", about {duration(seconds)} on one device of the kind that trained the cached stages"
         if unmeasured:
             cost += f" (no cached stage of {', '.join(unmeasured)}: priced at the dearest measured rate)"
     elif units:
