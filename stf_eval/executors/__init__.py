@@ -7,6 +7,7 @@ how many retries are left, and the one progress bar.
 from __future__ import annotations
 
 from ..config import ExecutorConfig
+from ..errors import ConfigError
 from .schedule import Schedule, one_line
 
 __all__ = ["Schedule", "make_executor", "one_line"]
@@ -14,6 +15,10 @@ __all__ = ["Schedule", "make_executor", "one_line"]
 
 def make_executor(config: ExecutorConfig, progress: bool = True):
     if config.kind == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError("executor 'ray' needs Ray: pip install 'stf-eval[ray]' (or ray[default])") from exc
         from .ray import RayExecutor
 
         return RayExecutor(config, progress=progress)
