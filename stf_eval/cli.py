@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import __version__
@@ -129,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.quiet:  # training bars too (tqdm reads this when first imported, below)
+        os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         if args.command == "run":
             from .config import load_config

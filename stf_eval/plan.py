@@ -226,6 +226,8 @@ class Work:
     """Everything a job or a cell needs, in one picklable object (shipped once to Ray's object store).
 
     ``evaluate(work, cell, cache, run_dir, device) -> dict`` evaluates a cell (the runner's function).
+    ``threads``: torch's CPU threads for every job and cell, wherever it runs: kernels sum in another
+    order with another thread count, so a worker uses the driver's count to give the driver's numbers.
     """
 
     cfg: RunConfig
@@ -234,6 +236,7 @@ class Work:
     cache_root: str
     run_dir: str
     evaluate: Callable
+    threads: int = 0
 
     def bundle(self, split: str) -> DataBundle:
         return self.data if split == "train" else self.data.with_train(self.splits[split])
@@ -241,10 +244,14 @@ class Work:
     def device(self) -> torch.device:
         return resolve_device(self.cfg.device)
 
+    def _threads(self) -> None:
+        n = self.cfg.num_threads or self.threads
+        if n and torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
     def run_job(self, job: Job, cache_root: str | None = None) -> dict:
         """Train (or load) the job's stage into the cache; return its seconds and whether it was cached."""
-        if self.cfg.num_threads:
-            torch.set_num_threads(self.cfg.num_threads)
+        self._threads()
         cache = CheckpointCache(cache_root or self.cache_root)
         spec = self.cfg.model(job.build.model)
         model = build_model(spec, self.cfg, self.bundle(job.build.split), job.build.seed, self.device(), cache,
@@ -254,8 +261,7 @@ class Work:
         return model.ctx.result
 
     def run_cell(self, cell: Cell, cache_root: str | None = None, run_dir: str | None = None) -> dict:
-        if self.cfg.num_threads:
-            torch.set_num_threads(self.cfg.num_threads)
+        self._threads()
         cache = CheckpointCache(cache_root or self.cache_root)
         return self.evaluate(self, cell, cache, Path(run_dir or self.run_dir), self.device())
 

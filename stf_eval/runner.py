@@ -116,14 +116,14 @@ def run(cfg: RunConfig, *, resume: bool = False, out_dir: str | None = None, exe
     data = build_data(cfg)  # data errors surface before anything is written
     run_dir = Path(out_dir or cfg.output_dir).resolve()
     cells_dir = run_dir / "cells"
+    cells = [Cell(spec, seed) for spec in cfg.models for seed in cfg.seeds]
+    keys = {c.label: cell_key(cfg, c, data) for c in cells}
+    results = finished_cells(cells_dir, keys) if resume else {}
+    plan = plan_run(cfg, data, done=set(results))  # planning errors, too, surface before any write
     cells_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(resolved_dict(cfg), indent=1))
     atomic_write_text(run_dir / "environment.json", json.dumps(describe(device), indent=1))
     atomic_write_text(run_dir / "splits.json", json.dumps(split_record(data)))
-    cells = [Cell(spec, seed) for spec in cfg.models for seed in cfg.seeds]
-    keys = {c.label: cell_key(cfg, c, data) for c in cells}
-    results = finished_cells(cells_dir, keys) if resume else {}
-    plan = plan_run(cfg, data, done=set(results))
     log.info("run %s: %d model(s) x %d seed(s) on %s, device %s -> %s; %d of %d training job(s) and %d of %d "
              "cell(s) to run", cfg.name, len(cfg.models), len(cfg.seeds), data.name, device, run_dir,
              len(plan.pending_jobs()), len(plan.jobs), len(plan.pending_cells()), len(plan.cells))
@@ -134,7 +134,7 @@ def run(cfg: RunConfig, *, resume: bool = False, out_dir: str | None = None, exe
         results[cell.label] = result
 
     work = Work(cfg=cfg, data=data, splits=plan.splits, cache_root=str(Path(cfg.cache_dir).expanduser().resolve()),
-                run_dir=str(run_dir), evaluate=evaluate_cell)
+                run_dir=str(run_dir), evaluate=evaluate_cell, threads=torch.get_num_threads())
     (executor or make_executor(cfg.executor, progress=progress)).run(plan, work, keep)
     write_results(run_dir, [results[c.label] for c in cells], cfg.name)
     if render:
