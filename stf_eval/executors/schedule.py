@@ -29,6 +29,7 @@ class Schedule:
         self.running: dict[str, str] = {}  # name -> kind
         self.attempts: dict[str, int] = {}
         self.failures: dict[str, str] = {}  # name -> one line
+        self.error_class: type[StfEvalError] = StfEvalError  # bad input keeps its class (exit code)
         self.failed_keys: set[str] = set()
         self.max_retries = max_retries
         self.finished_jobs = 0
@@ -97,6 +98,11 @@ class Schedule:
             return True
         if isinstance(item, Job):
             self.failed_keys.add(item.key)
+        if isinstance(exc, StfEvalError):  # bad input: its own message, and its class if reported first
+            if not self.failures:
+                self.error_class = type(exc)
+            self._fail(name, " ".join(str(exc).split()))
+            return False
         tries = self.attempts[name]
         self._fail(name, f"{one_line(exc)}" + (f" (after {tries} attempts)" if tries > 1 else ""))
         return False
@@ -114,8 +120,8 @@ class Schedule:
             first = next(iter(self.failures))
             more = f" (and {len(self.failures) - 1} more: {', '.join(list(self.failures)[1:4])}" \
                    f"{' ...' if len(self.failures) > 4 else ''})" if len(self.failures) > 1 else ""
-            raise StfEvalError(f"{first} failed: {self.failures[first]}{more}; finished work is kept, "
-                               f"rerun with --resume")
+            raise self.error_class(f"{first} failed: {self.failures[first]}{more}; finished work is kept, "
+                                   f"rerun with --resume")
 
     def _show(self) -> None:
         kinds: dict[str, int] = {}
