@@ -26,6 +26,7 @@ from .cache import CheckpointCache, cache_key
 from .config import PluginSpec, RunConfig
 from .data.base import DataBundle, Split
 from .device import resolve_device, seed_everything
+from .models.base import BuildContext
 from .registry import MODELS, SUITES
 
 log = logging.getLogger("stf_eval")
@@ -118,57 +119,45 @@ class Plan:
 # -- building models --------------------------------------------------------------------------------
 
 def build_model(spec: PluginSpec, cfg: RunConfig, data: DataBundle, seed: int, device: torch.device,
-                cache: CheckpointCache, context_cls=None, **context_args):
+                cache: CheckpointCache, context_cls: type[BuildContext] = BuildContext, **context_args):
     """Construct model ``spec`` with the run's recipe and fit it on ``data`` (stages load from the cache)."""
-    from .models.base import BuildContext
-
     plugin_cls = MODELS.get(spec.plugin)
-    ctx = (context_cls or BuildContext)(spec=spec, net=cfg.net, train=cfg.train, device=device, seed=seed,
-                                        cache=cache, **context_args)
+    ctx = context_cls(spec=spec, net=cfg.net, train=cfg.train, device=device, seed=seed, cache=cache,
+                      **context_args)
     seed_everything(seed)
     model = plugin_cls(spec.params, ctx)
     return model.fit(data)
 
 
-def _recording_context():
-    from .models.base import BuildContext
+@dataclass
+class RecordingContext(BuildContext):
+    """Records each stage's (key, spec) instead of training or loading it (``fit`` walks the stages)."""
 
-    @dataclass
-    class RecordingContext(BuildContext):
-        """Records each stage's (key, spec) instead of training or loading it (``fit`` walks the stages)."""
+    stages: list = field(default_factory=list)
+    stages_only = True
 
-        stages: list = field(default_factory=list)
-        stages_only = True
-
-        def cached(self, spec, net, train_fn):
-            self.stages.append((cache_key(spec), spec))
-            return 0.0, True, {"planned": True}
-
-    return RecordingContext
+    def cached(self, spec, net, train_fn):
+        self.stages.append((cache_key(spec), spec))
+        return 0.0, True, {"planned": True}
 
 
-def _job_context():
-    from .models.base import BuildContext
+@dataclass
+class JobContext(BuildContext):
+    """Trains (or loads) stage ``target``, loads the stages it ``needs``, and skips every other stage."""
 
-    @dataclass
-    class JobContext(BuildContext):
-        """Trains (or loads) stage ``target``, loads the stages it needs, and skips every other stage."""
+    target: str = ""
+    needs: tuple = ()
+    result: dict | None = None
+    stages_only = True
 
-        target: str = ""
-        needs: tuple = ()
-        result: dict | None = None
-        stages_only = True
-
-        def cached(self, spec, net, train_fn):
-            key = cache_key(spec)
-            if key == self.target or key in self.needs:
-                seconds, cached, meta = super().cached(spec, net, train_fn)
-                if key == self.target:
-                    self.result = {"seconds": seconds, "cached": cached}
-                return seconds, cached, meta
-            return 0.0, True, {"planned": True}
-
-    return JobContext
+    def cached(self, spec, net, train_fn):
+        key = cache_key(spec)
+        if key == self.target or key in self.needs:
+            seconds, cached, meta = super().cached(spec, net, train_fn)
+            if key == self.target:
+                self.result = {"seconds": seconds, "cached": cached}
+            return seconds, cached, meta
+        return 0.0, True, {"planned": True}
 
 
 def stage_epochs(spec: dict) -> int:
@@ -186,7 +175,6 @@ def make_plan(cfg: RunConfig, data: DataBundle, cache: CheckpointCache, *, done:
     """Every job and cell of ``cfg`` on ``data``; ``done``: labels of cells finished earlier (resume)."""
     device = torch.device("cpu")  # planning trains nothing; keys do not depend on the device
     suites = [SUITES.get(s.plugin)(s.params, s.name) for s in cfg.suites]
-    recorder = _recording_context()
     jobs: dict[str, Job] = {}
     splits: dict[str, Split] = {}
     cells = []
@@ -201,7 +189,7 @@ def make_plan(cfg: RunConfig, data: DataBundle, cache: CheckpointCache, *, done:
                     builds.append((Build(spec.name, name, ref_seed), data.with_train(split)))
             keys: list[str] = []
             for build, bundle in builds:
-                model = build_model(spec, cfg, bundle, build.seed, device, cache, context_cls=recorder)
+                model = build_model(spec, cfg, bundle, build.seed, device, cache, context_cls=RecordingContext)
                 earlier: list[str] = []
                 for key, stage_spec in model.ctx.stages:
                     kind = stage_spec.get("kind", "stage")
@@ -255,7 +243,7 @@ class Work:
         cache = CheckpointCache(cache_root or self.cache_root)
         spec = self.cfg.model(job.build.model)
         model = build_model(spec, self.cfg, self.bundle(job.build.split), job.build.seed, self.device(), cache,
-                            context_cls=_job_context(), target=job.key, needs=job.deps)
+                            context_cls=JobContext, target=job.key, needs=job.deps)
         if model.ctx.result is None:
             raise RuntimeError(f"job {job.label}: fitting {job.build} never reached stage {job.key}")
         return model.ctx.result
@@ -330,7 +318,7 @@ def format_plan(plan: Plan, keys_known: bool = True) -> str:
         if unmeasured:
             cost += f" (no cached stage of {', '.join(unmeasured)}: priced at the dearest measured rate)"
     elif units:
-        cost += " (nothing cached yet to time them by: run a smaller configuration first)"
+        cost += "; nothing cached yet to time them by (run a smaller configuration first)"
     lines.append(cost)
     return "\n".join(lines)
 
