@@ -15,11 +15,13 @@ the checkpoint cache. Executors (``stf_eval.executors``) run a plan; they import
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .cache import CheckpointCache, cache_key
@@ -90,7 +92,7 @@ class PlannedCell:
 class Plan:
     jobs: dict[str, Job]  # by key, each after its dependencies
     cells: list[PlannedCell]
-    splits: dict[str, Split] = field(default_factory=dict)  # reference builds' training splits by name
+    splits: dict = field(default_factory=dict)  # reference builds' training splits by name (RowRef or Split)
     note: str = ""  # e.g. planned from the config because the data files are absent
 
     def pending_cells(self) -> list[PlannedCell]:
@@ -170,13 +172,60 @@ def stage_epochs(spec: dict) -> int:
 
 # -- planning --------------------------------------------------------------------------------------
 
+@dataclass
+class RowRef:
+    """A training split kept as row numbers into the run's train + val + test (not as pixels)."""
+
+    rows: np.ndarray  # int64 [n], into the concatenation train, val, test
+    indices: np.ndarray | None  # the split's own ``indices``
+
+    def split(self, data: DataBundle) -> Split:
+        parts = [data.train, data.val, data.test]
+        x = torch.empty((len(self.rows), *data.train.x.shape[1:]), dtype=data.train.x.dtype)
+        y = torch.empty(len(self.rows), dtype=data.train.y.dtype)
+        start = 0
+        for part in parts:
+            inside = (self.rows >= start) & (self.rows < start + len(part))
+            take = torch.as_tensor(np.flatnonzero(inside))
+            src = torch.as_tensor(self.rows[inside] - start)
+            x[take], y[take] = part.x[src], part.y[src]
+            start += len(part)
+        return Split(x, y, self.indices)
+
+
+class RowIndex:
+    """Finds the rows of the run's data a split consists of, by content, so that a plan holding many
+    reference splits (membership: R halves per seed) keeps row numbers instead of copies of images."""
+
+    def __init__(self, data: DataBundle):
+        self.where: dict[bytes, int] = {}
+        start = 0
+        for part in (data.train, data.val, data.test):
+            for i, digest in enumerate(_row_digests(part)):
+                self.where.setdefault(digest, start + i)
+            start += len(part)
+
+    def compact(self, split: Split) -> Split | RowRef:
+        rows = [self.where.get(d) for d in _row_digests(split)]
+        if any(r is None for r in rows):  # rows from elsewhere: keep the split itself
+            return split
+        return RowRef(np.asarray(rows, dtype=np.int64), split.indices)
+
+
+def _row_digests(split: Split) -> list[bytes]:
+    x = split.x.detach().cpu().contiguous().numpy()
+    y = split.y.detach().cpu().numpy()
+    return [hashlib.blake2b(x[i].tobytes() + y[i].tobytes(), digest_size=16).digest() for i in range(len(y))]
+
+
 def make_plan(cfg: RunConfig, data: DataBundle, cache: CheckpointCache, *, done: set[str] = frozenset(),
               note: str = "") -> Plan:
     """Every job and cell of ``cfg`` on ``data``; ``done``: labels of cells finished earlier (resume)."""
     device = torch.device("cpu")  # planning trains nothing; keys do not depend on the device
     suites = [SUITES.get(s.plugin)(s.params, s.name) for s in cfg.suites]
     jobs: dict[str, Job] = {}
-    splits: dict[str, Split] = {}
+    splits: dict[str, Split | RowRef] = {}
+    rows = None
     cells = []
     for spec in cfg.models:
         for seed in cfg.seeds:
@@ -185,7 +234,9 @@ def make_plan(cfg: RunConfig, data: DataBundle, cache: CheckpointCache, *, done:
             for suite in suites:
                 for split, ref_seed in suite.reference_builds(spec.name, data, seed):
                     name = f"ref-{split.fingerprint}"
-                    splits.setdefault(name, split)
+                    if name not in splits and not note:  # placeholder data: nothing will run
+                        rows = rows or RowIndex(data)
+                        splits[name] = rows.compact(split)
                     builds.append((Build(spec.name, name, ref_seed), data.with_train(split)))
             keys: list[str] = []
             for build, bundle in builds:
@@ -220,14 +271,17 @@ class Work:
 
     cfg: RunConfig
     data: DataBundle
-    splits: dict[str, Split]
+    splits: dict
     cache_root: str
     run_dir: str
     evaluate: Callable
     threads: int = 0
 
     def bundle(self, split: str) -> DataBundle:
-        return self.data if split == "train" else self.data.with_train(self.splits[split])
+        if split == "train":
+            return self.data
+        ref = self.splits[split]
+        return self.data.with_train(ref.split(self.data) if isinstance(ref, RowRef) else ref)
 
     def device(self) -> torch.device:
         return resolve_device(self.cfg.device)

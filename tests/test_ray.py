@@ -64,6 +64,15 @@ def test_plan_shares_stages_orders_dependencies_and_sees_the_cache(tmp_path, mon
     svi = [j for j in jobs if j.kind == "stf_bnn" and j.build.split == "train" and j.build.seed == 0][0]
     base = plan.jobs[svi.deps[0]]
     assert base.kind == "deterministic" and base.build == svi.build.__class__("deterministic", "train", 0)
+    # reference splits are kept as row numbers into the run's data, and give back the same images
+    from stf_eval.plan import RowIndex, RowRef
+
+    assert len(plan.splits) == 2 and all(isinstance(r, RowRef) for r in plan.splits.values())
+    for name, ref in plan.splits.items():
+        assert name == f"ref-{ref.split(data).fingerprint}"
+    outside = data.train.subset(torch.arange(10).numpy())
+    outside.x = outside.x.flip(-1)  # images the run's data does not hold: the split itself is kept
+    assert RowIndex(data).compact(outside) is outside
     cells = {pc.cell.label: pc for pc in plan.cells}
     # a cell needs its own stages and those of its two references
     assert len(cells["deterministic--seed0"].stages) == 3
