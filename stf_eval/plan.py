@@ -349,13 +349,14 @@ def format_plan(plan: Plan, keys_known: bool = True) -> str:
              f"({', '.join(f'{k} {n}' for k, n in sorted(plan.counts().items()))})"]
     if plan.note:
         lines.append(f"note: {plan.note}")
-    lines.append(f"  {'kind':<16} {'model':<20} {'seed':>6} {'split':<22} {'key':<8} {'status':<8} "
+    width = max([6, *(len(str(j.seed)) for j in plan.jobs.values())])
+    lines.append(f"  {'kind':<16} {'model':<20} {'seed':>{width}} {'split':<22} {'key':<8} {'status':<8} "
                  f"{'epochs x examples':>18}  needs")
     for job in plan.jobs.values():
         status = "?" if not keys_known else "cached" if job.cached else "train" if job.key in pending else "unused"
         key = job.key[:8] if keys_known else "?"
         deps = ", ".join(d[:8] for d in job.deps) if keys_known else ", ".join(plan.jobs[d].kind for d in job.deps)
-        lines.append(f"  {job.kind:<16} {job.build.model:<20} {job.seed:>6} {job.build.split[:22]:<22} "
+        lines.append(f"  {job.kind:<16} {job.build.model:<20} {job.seed:>{width}} {job.build.split[:22]:<22} "
                      f"{key:<8} {status:<8} {f'{job.epochs} x {job.examples}':>18}  {deps or '-'}")
     lines.append(f"cells: {len(plan.cells)} (model, seed), {len(plan.pending_cells())} to evaluate")
     for pc in plan.cells:

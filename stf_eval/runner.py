@@ -119,6 +119,8 @@ def run(cfg: RunConfig, *, resume: bool = False, out_dir: str | None = None, exe
     cells = [Cell(spec, seed) for spec in cfg.models for seed in cfg.seeds]
     keys = {c.label: cell_key(cfg, c, data) for c in cells}
     results = finished_cells(cells_dir, keys) if resume else {}
+    for label in results:
+        log.info("[%s] done already (resume)", label)
     plan = plan_run(cfg, data, done=set(results))  # planning errors, too, surface before any write
     cells_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(resolved_dict(cfg), indent=1))
