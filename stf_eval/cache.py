@@ -111,6 +111,18 @@ class CheckpointCache:
         except Exception:  # a corrupt or stale entry is retrained, not fatal
             return None
 
+    def meta(self, key: str) -> dict | None:
+        """The stored metadata of ``key`` (seconds, memory ...) without loading weights; None on a miss."""
+        if self.root is None:
+            return None
+        pt, meta = self._paths(key)
+        if not (pt.is_file() and meta.is_file()):
+            return None
+        try:
+            return json.loads(meta.read_text())["meta"]
+        except (ValueError, KeyError, OSError):
+            return None
+
     def save(self, key: str, module: torch.nn.Module, spec: dict, meta: dict) -> None:
         if self.root is None:
             return

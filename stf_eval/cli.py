@@ -1,10 +1,14 @@
-"""Command line: ``stf-eval run | list | report | compare``. Errors are one line on stderr and a non-zero exit."""
+"""Command line: ``stf-eval run | plan | list | report | compare``.
+
+Errors are one line on stderr and a non-zero exit.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 import warnings
@@ -51,6 +55,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--cache-dir", default=None, help="checkpoint cache (default: $STF_EVAL_CACHE or "
                                                      "~/.cache/stf-eval)")
     r.add_argument("--resume", action="store_true", help="skip (model, seed) cells already finished")
+    _executor_args(r)
+    r.add_argument("--dry-run", action="store_true", help="print the plan (jobs, cells, cost) and run nothing")
+
+    pl = sub.add_parser("plan", parents=common, help="print a run's training jobs, cells and cost without running anything",
+                        description="Plan a suite file: every training job (one per cacheable stage, shared "
+                                    "stages once), whether it is cached, what it needs, the (model, seed) "
+                                    "cells, and an estimate of the training still to do. Runs nothing.")
+    pl.add_argument("suite", nargs="?", default=None, help="suite file (TOML); default: suites/quick.toml")
+    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any key of the file (repeatable)")
+    pl.add_argument("--cache-dir", default=None, help="checkpoint cache to check for finished jobs")
 
     ls = sub.add_parser("list", parents=common, help="list registered plugins or shipped suite files",
                         description="List registered plugins: models, suites (the evaluation plugins a suite "
@@ -90,6 +105,43 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="where jobs run: local (in this process, in order) or ray (default: the file's "
+                        "[executor] kind, else local)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="ray: 'auto' joins the cluster running here (ray start --head), HOST:PORT another; "
+                        "omitted: start a Ray instance on this machine")
+
+
+def _run_overrides(args) -> list[str]:
+    overrides = list(args.overrides)
+    if getattr(args, "device", None):
+        if not DEVICE_RE.fullmatch(args.device):
+            raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {args.device!r}")
+        overrides.append(f'device="{args.device}"')
+    if args.cache_dir:
+        overrides.append(f"cache_dir={json.dumps(args.cache_dir)}")
+    if getattr(args, "executor", None):
+        overrides.append(f'executor.kind="{args.executor}"')
+    if getattr(args, "ray_address", None):
+        overrides.append(f'executor.address="{args.ray_address}"')
+    return overrides
+
+
+def _plan(args) -> None:
+    from .config import load_config
+    from .plan import data_for_plan, format_plan
+    from .runner import plan_run
+
+    cfg = load_config(args.suite, _run_overrides(args))
+    logging.getLogger("opacus").setLevel(logging.WARNING)  # its layer fixer talks while a plan walks dp_sgd
+    data, note = data_for_plan(cfg)
+    plan = plan_run(cfg, data, note=note)
+    print(f"plan {cfg.name} ({cfg.source}): executor {cfg.executor.kind}, cache {cfg.cache_dir}")
+    print(format_plan(plan, keys_known=not note))
+
+
 def _list(kind: str | None, pattern: str) -> None:
     import fnmatch
 
@@ -117,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     set_quiet(args.quiet)
+    if args.quiet:  # training bars too (tqdm reads this when first imported)
+        os.environ.setdefault("TQDM_DISABLE", "1")
     # names in any script are allowed; a glyph the figure font lacks is drawn as a box, not warned about
     warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
@@ -125,17 +179,15 @@ def main(argv: list[str] | None = None) -> int:
             from .config import load_config
             from .runner import run
 
-            overrides = list(args.overrides)
-            if args.device:
-                if not DEVICE_RE.fullmatch(args.device):
-                    raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {args.device!r}")
-                overrides.append(f'device="{args.device}"')
-            if args.cache_dir:
-                overrides.append(f"cache_dir={json.dumps(args.cache_dir)}")
-            cfg = load_config(args.suite, overrides)
-            run_dir = run(cfg, resume=args.resume, out_dir=args.out)
+            if args.dry_run:
+                _plan(args)
+                return 0
+            cfg = load_config(args.suite, _run_overrides(args))
+            run_dir = run(cfg, resume=args.resume, out_dir=args.out, progress=not args.quiet)
             print(f"results: {run_dir / 'results.csv'}")
             print(f"report:  {run_dir / 'report.html'}")
+        elif args.command == "plan":
+            _plan(args)
         elif args.command == "list":
             _list(args.kind, args.pattern)
         elif args.command == "report":

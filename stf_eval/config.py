@@ -94,6 +94,25 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ExecutorConfig:
+    """Where the plan's jobs run: in this process, or as Ray tasks (docs/scale-out.md)."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str = ""  # ray: "" starts a Ray instance on this machine, "auto" joins a running cluster
+    cpus_per_job: float = 1.0  # ray: CPUs each training job and cell reserves
+    gpus_per_job: float = 0.0  # ray: GPUs each reserves (0.25 packs four small nets on one GPU)
+    num_cpus: int = 0  # ray: CPUs of the instance started on this machine (0 = all)
+    max_retries: int = 1  # a failing job or cell is retried this many times, then reported
+    storage: Literal["auto", "shared", "object_store"] = "auto"  # how weights reach the workers
+
+    def check(self) -> None:
+        require(self.cpus_per_job > 0, "cpus_per_job", "a positive number", self.cpus_per_job)
+        require(self.gpus_per_job >= 0, "gpus_per_job", "a number >= 0", self.gpus_per_job)
+        require(self.num_cpus >= 0, "num_cpus", "0 (all) or a positive integer", self.num_cpus)
+        require(self.max_retries >= 0, "max_retries", "an integer >= 0", self.max_retries)
+
+
+@dataclass(frozen=True)
 class PluginSpec:
     """A model or suite entry: its name in the file, the plugin it uses, and validated params."""
 
@@ -121,6 +140,7 @@ class RunConfig:
     models: tuple[PluginSpec, ...]
     suites: tuple[PluginSpec, ...]
     description: str = ""
+    executor: ExecutorConfig = ExecutorConfig()
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     def model(self, name: str) -> PluginSpec:
@@ -144,6 +164,7 @@ class _TopLevel:
     train: dict = field(default_factory=dict)
     models: dict = field(default_factory=dict)
     suites: dict = field(default_factory=dict)
+    executor: dict = field(default_factory=dict)
 
     def check(self) -> None:
         require(len(self.seeds) > 0, "seeds", "a non-empty list of integers", list(self.seeds))
@@ -282,6 +303,7 @@ def _build(raw: dict, source: str, overrides: list[str]) -> RunConfig:
         if net_params is not None:  # a registered net validates its options through its own Params
             parse_params(net_params, net.options, "net.options")
     train = parse_params(TrainConfig, top.train, "train")
+    executor = parse_params(ExecutorConfig, top.executor, "executor")
     models = _plugin_specs(top.models, MODELS, "model", "models")
     suites = _plugin_specs(top.suites, SUITES, "suite", "suites")
     if not models:
@@ -306,6 +328,7 @@ def _build(raw: dict, source: str, overrides: list[str]) -> RunConfig:
         train=train,
         models=models,
         suites=suites,
+        executor=executor,
         raw=raw,
     )
 
@@ -327,6 +350,7 @@ def resolved_dict(cfg: RunConfig) -> dict:
         "train": as_dict(cfg.train),
         "models": {s.name: s.as_dict() for s in cfg.models},
         "suites": {s.name: s.as_dict() for s in cfg.suites},
+        "executor": as_dict(cfg.executor),
     }
 
 

@@ -1,8 +1,10 @@
-"""plan -> fit (or load) -> predict once per (model, split) -> suites -> tidy records.
+"""plan -> train the plan's jobs -> evaluate each (model, seed) cell -> tidy records -> report.
 
-Each (model, seed) cell is written atomically to ``cells/`` as soon as it finishes, so a killed run
-resumes with ``--resume``. Cells are independent: ``LocalExecutor`` runs them in order; another
-executor (Ray, a process pool) can be dropped in behind the same ``map`` seam.
+The plan (``stf_eval/plan.py``) lists every training stage the run needs, de-duplicated by cache key,
+and the cells. An executor (``local``: in order, in this process; ``ray``: tasks on a cluster) trains
+the stages into the checkpoint cache and evaluates each cell once its stages are there: fit (every
+stage a cache hit) -> predict once per (model, split) -> suites -> records. This process writes each
+finished cell atomically to ``cells/``, so a killed run resumes with ``--resume``.
 """
 
 from __future__ import annotations
@@ -11,56 +13,29 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .cache import CheckpointCache, atomic_write_text, cache_key
-from .config import PluginSpec, RunConfig, resolved_dict
+from .config import RunConfig, resolved_dict
 from .context import EvalContext
 from .data.base import DataBundle
 from .data.plan import build_data, split_record
 from .device import resolve_device
 from .environment import describe
-from .errors import ConfigError, InternalError, StfEvalError
+from .errors import ConfigError
 from .examples import write_examples
-from .models.base import BuildContext, ModelPlugin
+from .models.base import ModelPlugin
 from .params import as_dict
 from .paths import inside
+from .plan import Cell, Plan, Work, build_model, make_plan
 from .registry import MODELS, SUITES
-from .seeding import seeded, seeded_all
+from .seeding import seeded
 
 log = logging.getLogger("stf_eval")
 
-
-@dataclass(frozen=True)
-class Cell:
-    model: PluginSpec
-    seed: int
-
-    @property
-    def label(self) -> str:
-        return f"{self.model.name}--seed{self.seed}"
-
-
-class LocalExecutor:
-    """Runs cells one after the other in this process (the only executor so far)."""
-
-    def map(self, fn: Callable[[Cell], dict], cells: Iterable[Cell]) -> list[dict]:
-        return [fn(c) for c in cells]
-
-
-def build_model(spec: PluginSpec, cfg: RunConfig, data: DataBundle, seed: int, device: torch.device,
-                cache: CheckpointCache) -> ModelPlugin:
-    plugin_cls = MODELS.get(spec.plugin)
-    ctx = BuildContext(spec=spec, net=cfg.net, train=cfg.train, device=device, seed=seed, cache=cache)
-    # the build draws from generators named by (seed, plugin) and leaves the caller's global state alone:
-    # a reference model built inside a suite neither depends on nor changes what the suite draws next
-    with seeded_all(seed, "build", spec.plugin, device=device):
-        model = plugin_cls(spec.params, ctx)
-        return model.fit(data)
+__all__ = ["Cell", "build_model", "cell_key", "evaluate_cell", "plan_run", "run", "write_results"]
 
 
 def cell_key(cfg: RunConfig, cell: Cell, data: DataBundle) -> str:
@@ -72,8 +47,9 @@ def cell_key(cfg: RunConfig, cell: Cell, data: DataBundle) -> str:
                       "test_fp": data.test.fingerprint})
 
 
-def run_cell(cfg: RunConfig, cell: Cell, data: DataBundle, device: torch.device, cache: CheckpointCache,
-             run_dir: Path) -> dict:
+def evaluate_cell(work: Work, cell: Cell, cache: CheckpointCache, run_dir: Path, device: torch.device) -> dict:
+    """Fit the cell's model (from the cache once its jobs ran) and run every suite on it."""
+    cfg, data = work.cfg, work.data
     start = time.perf_counter()
     log.info("[%s] fitting", cell.label)
     model = build_model(cell.model, cfg, data, cell.seed, device, cache)
@@ -137,52 +113,65 @@ def prepare_run_dir(run_dir: Path) -> Path:
     return run_dir.resolve()
 
 
+def finished_cells(cells_dir: Path, keys: dict[str, str]) -> dict[str, dict]:
+    """Cells of an earlier run whose saved key matches (``--resume``)."""
+    out = {}
+    for label, key in keys.items():
+        path = cells_dir / f"{label}.json"
+        try:
+            done = json.loads(path.read_text()) if path.is_file() else None
+        except (json.JSONDecodeError, OSError):
+            done = None
+        if done and done.get("cell_key") == key:
+            out[label] = done
+    return out
+
+
+def plan_run(cfg: RunConfig, data: DataBundle, *, done: set[str] = frozenset(), note: str = "") -> Plan:
+    return make_plan(cfg, data, CheckpointCache(cfg.cache_dir), done=done, note=note)
+
+
 def run(cfg: RunConfig, *, resume: bool = False, out_dir: str | None = None, executor=None,
-        render: bool = True, data: DataBundle | None = None) -> Path:
+        render: bool = True, progress: bool = True, data: DataBundle | None = None) -> Path:
     """Run every (model, seed) cell of ``cfg``; write results and the report; return the run directory.
 
+    ``executor``: an object with ``run(plan, work, on_cell)``; default from ``cfg.executor``.
     ``data``: an already split DataBundle to use instead of building ``cfg.data`` (stf_eval.evaluate).
     """
+    from .executors import make_executor
+
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
     data = data if data is not None else build_data(cfg)  # data errors surface before anything is written
     check_before_writing(cfg, data)
-    run_dir = prepare_run_dir(Path(out_dir or cfg.output_dir))
+    run_dir = Path(out_dir or cfg.output_dir)
+    cells_dir = run_dir / "cells"
+    cells = [Cell(spec, seed) for spec in cfg.models for seed in cfg.seeds]
+    keys = {c.label: cell_key(cfg, c, data) for c in cells}
+    results = finished_cells(cells_dir, keys) if resume else {}
+    for label in results:
+        log.info("[%s] done already (resume)", label)
+    plan = plan_run(cfg, data, done=set(results))  # planning errors, too, surface before any write
+    run_dir = prepare_run_dir(run_dir)
     cells_dir = inside(run_dir, "cells")
     cells_dir.mkdir(parents=True, exist_ok=True)
-    cache = CheckpointCache(cfg.cache_dir)
-    env = describe(device)
     atomic_write_text(run_dir / "config.json", json.dumps(resolved_dict(cfg), indent=1))
-    atomic_write_text(run_dir / "environment.json", json.dumps(env, indent=1))
+    atomic_write_text(run_dir / "environment.json", json.dumps(describe(device), indent=1))
     atomic_write_text(run_dir / "splits.json", json.dumps(split_record(data)))
-    cells = [Cell(spec, seed) for spec in cfg.models for seed in cfg.seeds]
-    log.info("run %s: %d model(s) x %d seed(s) on %s, device %s -> %s", cfg.name, len(cfg.models),
-             len(cfg.seeds), data.name, device, run_dir)
+    log.info("run %s: %d model(s) x %d seed(s) on %s, device %s -> %s; %d of %d training job(s) and %d of %d "
+             "cell(s) to run", cfg.name, len(cfg.models), len(cfg.seeds), data.name, device, run_dir,
+             len(plan.pending_jobs()), len(plan.jobs), len(plan.pending_cells()), len(plan.cells))
 
-    def do(cell: Cell) -> dict:
-        path = inside(cells_dir, f"{cell.label}.json")
-        key = cell_key(cfg, cell, data)
-        if resume and path.is_file():
-            try:
-                done = json.loads(path.read_text())
-                if done.get("cell_key") == key:
-                    log.info("[%s] done already (resume)", cell.label)
-                    return done
-            except json.JSONDecodeError:
-                pass
-        try:
-            result = run_cell(cfg, cell, data, device, cache, run_dir)
-        except StfEvalError:
-            raise
-        except Exception as exc:  # a bug, not bad input: exit 1 (finished cells stay on disk for --resume)
-            raise InternalError(f"{cell.label} failed: {type(exc).__name__}: {exc}") from exc
-        result["cell_key"] = key
-        atomic_write_text(path, json.dumps(result, indent=1, default=float))
-        return result
+    def keep(cell: Cell, result: dict) -> None:
+        result["cell_key"] = keys[cell.label]
+        atomic_write_text(inside(cells_dir, f"{cell.label}.json"), json.dumps(result, indent=1, default=float))
+        results[cell.label] = result
 
-    results = (executor or LocalExecutor()).map(do, cells)
-    write_results(run_dir, results, cfg.name)
+    work = Work(cfg=cfg, data=data, splits=plan.splits, cache_root=str(Path(cfg.cache_dir).expanduser().resolve()),
+                run_dir=str(run_dir), evaluate=evaluate_cell, threads=torch.get_num_threads())
+    (executor or make_executor(cfg.executor, progress=progress)).run(plan, work, keep)
+    write_results(run_dir, [results[c.label] for c in cells], cfg.name)
     if render:
         from .report.html import render_run
 

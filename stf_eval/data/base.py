@@ -95,6 +95,8 @@ class DatasetPlugin:
     Params = NoParams
     #: True for sets that only make sense as OOD data (noise, crops): they need ``like``.
     ood_only = False
+    #: ((C, H, W), train size, test size) when known without the files (planning a run before a download)
+    plan_info: tuple | None = None
 
     def __init__(self, params=None):
         self.params = params if params is not None else self.Params()

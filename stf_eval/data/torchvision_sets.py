@@ -76,15 +76,19 @@ class _TorchvisionSet(DatasetPlugin):
         )
 
 
-def _make(name: str, tv_name: str, layout: str, num_classes: int, doc: str) -> type:
+def _make(name: str, tv_name: str, layout: str, num_classes: int, shape: tuple, sizes: tuple, doc: str) -> type:
+    # shape and (train, test) sizes let `stf-eval plan` price a run before the files are downloaded
     cls = type(tv_name + "Plugin", (_TorchvisionSet,),
-               {"tv_name": tv_name, "layout": layout, "num_classes": num_classes, "__doc__": doc})
+               {"tv_name": tv_name, "layout": layout, "num_classes": num_classes, "__doc__": doc,
+                "plan_info": (shape, *sizes)})
     return DATASETS.register(name)(cls)
 
 
-_make("mnist", "MNIST", "NHW", 10, "torchvision MNIST (70,000 28x28 digits).")
-_make("fashion_mnist", "FashionMNIST", "NHW", 10, "torchvision FashionMNIST (28x28 clothing).")
-_make("kmnist", "KMNIST", "NHW", 10, "torchvision KMNIST (28x28 Kuzushiji characters).")
-_make("cifar10", "CIFAR10", "NHWC", 10, "torchvision CIFAR-10 (32x32 colour, 10 classes).")
-_make("cifar100", "CIFAR100", "NHWC", 100, "torchvision CIFAR-100 (32x32 colour, 100 classes).")
-_make("svhn", "SVHN", "NCHW", 10, "torchvision SVHN (32x32 house numbers).")
+_make("mnist", "MNIST", "NHW", 10, (1, 28, 28), (60000, 10000), "torchvision MNIST (70,000 28x28 digits).")
+_make("fashion_mnist", "FashionMNIST", "NHW", 10, (1, 28, 28), (60000, 10000),
+      "torchvision FashionMNIST (28x28 clothing).")
+_make("kmnist", "KMNIST", "NHW", 10, (1, 28, 28), (60000, 10000), "torchvision KMNIST (28x28 Kuzushiji characters).")
+_make("cifar10", "CIFAR10", "NHWC", 10, (3, 32, 32), (50000, 10000), "torchvision CIFAR-10 (32x32 colour, 10 classes).")
+_make("cifar100", "CIFAR100", "NHWC", 100, (3, 32, 32), (50000, 10000),
+      "torchvision CIFAR-100 (32x32 colour, 100 classes).")
+_make("svhn", "SVHN", "NCHW", 10, (3, 32, 32), (73257, 26032), "torchvision SVHN (32x32 house numbers).")

@@ -45,6 +45,8 @@ class BuildContext:
     device: torch.device
     seed: int
     cache: CheckpointCache
+    #: True while a plan records stages or a job trains one stage: ``fit`` skips work outside stages
+    stages_only = False
 
     def new_net(self, data: DataBundle) -> nn.Module:
         return build_net(self.net, data.input_shape, data.num_classes, data.mean, data.std)

@@ -90,6 +90,8 @@ class DpSgd(ModelPlugin):
 
         seconds, cached, meta = self.ctx.cached(spec, self.net, train)
         self.record_stage("train", {**meta, "seconds": seconds, "cached": cached})
+        if self.ctx.stages_only:  # planning or training stages only: no privacy accounting to read yet
+            return self
         self.epsilon = float(meta["dp_epsilon"])
         self.noise_multiplier = float(meta["noise_multiplier"])
         self.net.eval()

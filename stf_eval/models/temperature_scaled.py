@@ -52,6 +52,8 @@ class TemperatureScaled(ModelPlugin):
             raise ConfigError("temperature_scaled needs a validation split: set data.val_fraction > 0")
         self.net, meta = pretrained_base(self.ctx, data)
         self.record_stage("train", meta)
+        if self.ctx.stages_only:  # planning or training stages only: the temperature is fitted at evaluation
+            return self
         with peak_memory(self.device) as mem:
             start = time.perf_counter()
             with torch.no_grad():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..data.base import DataBundle
+from ..data.base import DataBundle, Split
 from ..models.base import ModelPlugin
 from ..params import NoParams
 
@@ -21,6 +21,14 @@ class SuitePlugin:
     def skip_reason(self, model: ModelPlugin, data: DataBundle) -> str | None:
         """Why this suite cannot apply to ``model`` (None when it applies). The runner records it."""
         return None
+
+    def reference_builds(self, model_name: str, data: DataBundle, seed: int) -> list[tuple[Split, int]]:
+        """Extra trainings of ``model_name``'s spec this suite needs for cell ``seed``: (training split, seed).
+
+        The plan trains them before evaluation; the suite obtains each with ``ctx.build_like(split, seed)``
+        (then a cache hit). Default: none.
+        """
+        return []
 
     def run(self, model: ModelPlugin, data: DataBundle, ctx) -> None:
         raise NotImplementedError
