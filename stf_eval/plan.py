@@ -237,7 +237,8 @@ def make_plan(cfg: RunConfig, data: DataBundle, cache: CheckpointCache, *, done:
             # a model supplied already trained (an adapter) has no recipe to repeat: no reference builds
             retrainable = getattr(MODELS.get(spec.plugin), "retrainable", True)
             for suite in suites if retrainable else ():
-                for split, ref_seed in suite.reference_builds(spec.name, data, seed):
+                declared = getattr(suite, "reference_builds", None)  # plugins not derived from SuitePlugin
+                for split, ref_seed in (declared(spec.name, data, seed) if declared else ()):
                     name = f"ref-{split.fingerprint}"
                     if name not in splits and not note:  # placeholder data: nothing will run
                         rows = rows or RowIndex(data)
