@@ -21,7 +21,7 @@ from .config import PluginSpec, RunConfig, resolved_dict
 from .context import EvalContext
 from .data.base import DataBundle
 from .data.plan import build_data, split_record
-from .device import resolve_device, seed_everything
+from .device import apply_numerics, resolve_device, seed_everything
 from .environment import describe
 from .errors import StfEvalError
 from .examples import write_examples
@@ -51,9 +51,11 @@ class LocalExecutor:
 
 
 def build_model(spec: PluginSpec, cfg: RunConfig, data: DataBundle, seed: int, device: torch.device,
-                cache: CheckpointCache) -> ModelPlugin:
+                cache: CheckpointCache, measure_step_memory: bool | None = None) -> ModelPlugin:
     plugin_cls = MODELS.get(spec.plugin)
     ctx = BuildContext(spec=spec, net=cfg.net, train=cfg.train, device=device, seed=seed, cache=cache)
+    if measure_step_memory is not None:
+        ctx.measure_step_memory = measure_step_memory
     seed_everything(seed)
     model = plugin_cls(spec.params, ctx)
     return model.fit(data)
@@ -75,7 +77,8 @@ def run_cell(cfg: RunConfig, cell: Cell, data: DataBundle, device: torch.device,
     model = build_model(cell.model, cfg, data, cell.seed, device, cache)
 
     def build_like(bundle: DataBundle, seed: int) -> ModelPlugin:
-        return build_model(cell.model, cfg, bundle, seed, device, cache)
+        # reference models are not reported by the efficiency suite: no step-memory measurement
+        return build_model(cell.model, cfg, bundle, seed, device, cache, measure_step_memory=False)
 
     ctx = EvalContext(model_name=cell.model.name, model=model, data=data, seed=cell.seed, run_dir=run_dir,
                       device=device, build_like=build_like)
@@ -113,12 +116,13 @@ def run(cfg: RunConfig, *, resume: bool = False, out_dir: str | None = None, exe
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
+    apply_numerics(device, cfg.deterministic)
     data = build_data(cfg)  # data errors surface before anything is written
     run_dir = Path(out_dir or cfg.output_dir)
     cells_dir = run_dir / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     cache = CheckpointCache(cfg.cache_dir)
-    env = describe(device)
+    env = describe(device, cfg.deterministic)
     atomic_write_text(run_dir / "config.json", json.dumps(resolved_dict(cfg), indent=1))
     atomic_write_text(run_dir / "environment.json", json.dumps(env, indent=1))
     atomic_write_text(run_dir / "splits.json", json.dumps(split_record(data)))
