@@ -81,12 +81,17 @@ def _step_blob(step: dict) -> bytes:
     """The step as bytes: net, loss and a description of the optimizer (a copy; nothing shared)."""
     import io
 
-    opt = step["optimizer"]
+    opt = step["optimizer"]  # an optimizer, or (class, keyword arguments) for all trainable parameters
     params = [p for p in step["net"].parameters()]
     index = {id(p): i for i, p in enumerate(params)}
-    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [index[id(p)] for p in g["params"]]}
-              for g in opt.param_groups]
-    blob = {"net": step["net"], "loss_fn": step["loss_fn"], "optimizer": type(opt), "groups": groups,
+    if isinstance(opt, tuple):
+        opt_cls, kwargs = opt
+        groups = [{**kwargs, "params": [i for i, p in enumerate(params) if p.requires_grad]}]
+    else:
+        opt_cls = type(opt)
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [index[id(p)] for p in g["params"]]}
+                  for g in opt.param_groups]
+    blob = {"net": step["net"], "loss_fn": step["loss_fn"], "optimizer": opt_cls, "groups": groups,
             "x": step["x"].detach().cpu(), "y": step["y"].detach().cpu(), "train_mode": step["train_mode"],
             "options": step["options"], "dp": step.get("dp")}
     buf = io.BytesIO()

@@ -15,6 +15,7 @@ hooks form a reference cycle that would otherwise keep it alive until a full gar
 
 from __future__ import annotations
 
+import gc
 import time
 import warnings
 from dataclasses import dataclass
@@ -120,6 +121,7 @@ class DpSgd(ModelPlugin):
 
         seconds, cached, meta = self.ctx.cached(spec, self.net, train)
         self.record_stage("train", {**meta, "seconds": seconds, "cached": cached})
+        self.dp_meta = {k: v for k, v in meta.items() if k.startswith("dp_")}
         self.epsilon = float(meta["dp_epsilon"])
         self.noise_multiplier = float(meta["noise_multiplier"])
         self.net.eval()
@@ -174,8 +176,9 @@ class DpSgd(ModelPlugin):
                 noise_multiplier = float(opt.noise_multiplier)
                 self.net.load_state_dict(clean_state_dict(private))
             finally:
-                release_private(private, opt)
+                release_private(private, opt)  # per-sample gradients freed here, by reference counting
                 del private, opt, loader, engine, work
+                gc.collect()  # the module itself sits in a reference cycle (opacus/autograd): reclaim it now
         meta = {"dp_epsilon": epsilon, "dp_delta": self.delta, "accountant": p.accountant,
                 "noise_multiplier": noise_multiplier, "dp_logical_steps": logical_steps,
                 "dp_physical_batch_size": physical}
@@ -184,8 +187,8 @@ class DpSgd(ModelPlugin):
         step_net.load_state_dict(self.net.state_dict())
         meta["train_step"] = {
             "net": step_net, "loss_fn": _mean_cross_entropy,
-            "optimizer": torch.optim.SGD(step_net.parameters(), lr=p.lr, momentum=p.momentum)
-            if p.optimizer == "sgd" else torch.optim.Adam(step_net.parameters(), lr=p.lr),
+            "optimizer": (torch.optim.SGD, {"lr": p.lr, "momentum": p.momentum}) if p.optimizer == "sgd"
+            else (torch.optim.Adam, {"lr": p.lr}),
             "x": data.train.x[:physical], "y": data.train.y[:physical], "train_mode": True,
             "options": StepOptions(), "dp": {"noise_multiplier": noise_multiplier, "max_grad_norm": p.max_grad_norm,
                                              "expected_batch_size": p.batch_size}}
