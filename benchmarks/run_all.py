@@ -28,12 +28,13 @@ BENCHMARKS = {
     "2": "mc_prediction_vs_deterministic",
     "3": "variational_conv_vs_bayesian_torch",
     "4": "pgd_eot_vs_deterministic",
+    "threads": "threads_per_job",
 }
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="1,2,3,4", help="comma-separated benchmark numbers (default all)")
+    p.add_argument("--only", default="1,2,3,4", help="comma-separated benchmark numbers (default 1-4; also: threads)")
     p.add_argument("--threads", default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--cache-dir", default=None)
