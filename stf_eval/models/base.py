@@ -27,9 +27,9 @@ from torch import nn
 from ..cache import CheckpointCache, cache_key
 from ..config import NetConfig, PluginSpec, TrainConfig
 from ..data.base import DataBundle
+from ..device import numerics
 from ..nets.common import build_net
 from ..params import NoParams, as_dict
-from ..device import numerics
 from ..profiling import measure_train_step, peak_memory
 from ..training import StepOptions, as_input_format, prepare_net, stage, train_deterministic
 

@@ -27,8 +27,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..params import as_dict, require
-from ..training import StepOptions
 from ..registry import MODELS
+from ..training import StepOptions
 from .base import Capabilities, ModelPlugin
 
 GRAD_SAMPLE_PREFIX = "_module."  # opacus' GradSampleModule stores the wrapped net under this name
