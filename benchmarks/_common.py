@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # training progress bars would bury the figures
+os.environ.setdefault("STF_EVAL_STEP_MEMORY", "0")  # no fresh-process step-memory measurement per fitted stage
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ROOT / "suites" / "quick.toml"

@@ -17,7 +17,7 @@ import statistics
 import torch
 from _common import Result, build, environment, interleaved, parser, result, setup, timer
 
-TARGET = 1.2
+TARGET = 1.0  # issue 17, row 2
 
 
 def main(argv=None) -> list[Result]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from _common import Result, build, environment, interleaved, parser, result, setup
 from mc_prediction_vs_deterministic import stf_params
 
-TARGET = 0.5
+TARGET = 0.4  # issue 17, row 1
 
 
 def base_only_cache(root):

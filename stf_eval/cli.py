@@ -135,6 +135,9 @@ def _plan(args) -> None:
     from .runner import plan_run
 
     cfg = load_config(args.suite, _run_overrides(args))
+    from .device import apply_numerics, resolve_device
+
+    apply_numerics(resolve_device(cfg.device), cfg.deterministic)  # the keys include the numerics flags
     logging.getLogger("opacus").setLevel(logging.WARNING)  # its layer fixer talks while a plan walks dp_sgd
     data, note = data_for_plan(cfg)
     plan = plan_run(cfg, data, note=note)

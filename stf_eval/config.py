@@ -84,8 +84,15 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: Literal["none", "cosine", "step"] = "cosine"
     eval_batch_size: int = 1000
+    augment: tuple[str, ...] = ()  # on-the-fly augmentation of training batches: "crop", "flip"
+    crop_padding: int = 4  # zero padding (pixels per side) of the random crop
+    amp: Literal["none", "bf16"] = "none"  # bf16 autocast of training steps
+    channels_last: bool = False  # NHWC memory format for conv nets (training and prediction)
 
     def check(self) -> None:
+        bad = [a for a in self.augment if a not in ("crop", "flip")]
+        require(not bad, "augment", 'a list of "crop", "flip"', list(self.augment))
+        require(self.crop_padding >= 0, "crop_padding", "an integer >= 0", self.crop_padding)
         require(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
         require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
         require(self.lr > 0, "lr", "a positive number", self.lr)
@@ -141,6 +148,7 @@ class RunConfig:
     suites: tuple[PluginSpec, ...]
     description: str = ""
     executor: ExecutorConfig = ExecutorConfig()
+    deterministic: bool = False
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     def model(self, name: str) -> PluginSpec:
@@ -159,6 +167,7 @@ class _TopLevel:
     output_dir: str = ""
     cache_dir: str = ""
     num_threads: int = 0
+    deterministic: bool = False
     data: dict = field(default_factory=dict)
     net: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
@@ -322,6 +331,7 @@ def _build(raw: dict, source: str, overrides: list[str]) -> RunConfig:
         output_dir=top.output_dir or str(Path("runs") / name),
         cache_dir=top.cache_dir or default_cache_dir(),
         num_threads=top.num_threads,
+        deterministic=top.deterministic,
         data=data,
         ood=tuple(ood),
         net=net,
@@ -344,6 +354,7 @@ def resolved_dict(cfg: RunConfig) -> dict:
         "output_dir": cfg.output_dir,
         "cache_dir": cfg.cache_dir,
         "num_threads": cfg.num_threads,
+        "deterministic": cfg.deterministic,
         "data": {k: v for k, v in as_dict(cfg.data).items() if k != "ood"},
         "ood": {name: as_dict(oc) for name, oc in cfg.ood},
         "net": as_dict(cfg.net),

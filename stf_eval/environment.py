@@ -29,7 +29,11 @@ def git_commit(path: Path | None = None) -> str:
     return "unknown"
 
 
-def describe(device: torch.device) -> dict:
+def describe(device: torch.device, deterministic: bool = False) -> dict:
+    """Where and how a run happened; ``numerics`` holds what changes trained weights (device type,
+    torch version, TF32 / deterministic flags on CUDA) and ``deterministic`` the run's option."""
+    from .device import numerics
+
     versions = {}
     for name in PACKAGES:
         try:
@@ -47,6 +51,9 @@ def describe(device: torch.device) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "device": dev,
         "cuda": torch.version.cuda,
+        "deterministic": bool(deterministic),
+        "numerics": numerics(device),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "git_commit": git_commit(),
         "packages": versions,
     }

@@ -224,7 +224,9 @@ def _row_digests(split: Split) -> list[bytes]:
 def make_plan(cfg: RunConfig, data: DataBundle, cache: CheckpointCache, *, done: set[str] = frozenset(),
               note: str = "") -> Plan:
     """Every job and cell of ``cfg`` on ``data``; ``done``: labels of cells finished earlier (resume)."""
-    device = torch.device("cpu")  # planning trains nothing; keys do not depend on the device
+    # planning trains nothing, but cache keys name the device type and numerics (models/base.py key_spec),
+    # so stages are recorded on the device the run trains on
+    device = resolve_device(cfg.device)
     suites = [SUITES.get(s.plugin)(s.params, s.name) for s in cfg.suites]
     jobs: dict[str, Job] = {}
     splits: dict[str, Split | RowRef] = {}

@@ -69,3 +69,176 @@ def peak_memory(device: torch.device, interval: float = 0.005):
         peak[0] = max(peak[0], _rss_bytes())
         result.mb = max(0.0, (peak[0] - start) / 2**20)
         result.method = "cpu_peak_rss_growth"
+
+
+# -- peak memory of one training step, in isolation ---------------------------------------------------------
+#: Method names recorded beside ``train_step_peak_memory_mb`` (docs/efficiency.md).
+STEP_METHOD_CPU = "cpu_fresh_process_step_rss"
+STEP_METHOD_CUDA = "cuda_step_max_allocated"
+
+
+def _step_blob(step: dict) -> bytes:
+    """The step as bytes: net, loss and a description of the optimizer (a copy; nothing shared)."""
+    import io
+
+    opt = step["optimizer"]  # an optimizer, or (class, keyword arguments) for all trainable parameters
+    params = [p for p in step["net"].parameters()]
+    index = {id(p): i for i, p in enumerate(params)}
+    if isinstance(opt, tuple):
+        opt_cls, kwargs = opt
+        groups = [{**kwargs, "params": [i for i, p in enumerate(params) if p.requires_grad]}]
+    else:
+        opt_cls = type(opt)
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [index[id(p)] for p in g["params"]]}
+                  for g in opt.param_groups]
+    blob = {"net": step["net"], "loss_fn": step["loss_fn"], "optimizer": opt_cls, "groups": groups,
+            "x": step["x"].detach().cpu(), "y": step["y"].detach().cpu(), "train_mode": step["train_mode"],
+            "options": step["options"], "dp": step.get("dp")}
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    return buf.getvalue()
+
+
+def _replay(blob: dict, device: torch.device):
+    """(net, one_step(x, y)) rebuilt from a step blob on ``device``, with a fresh optimizer."""
+    from .training import as_input_format, autocast, prepare_net
+
+    options = blob["options"]
+    net = prepare_net(blob["net"], device, options)
+    net.train(blob["train_mode"])
+    params = list(net.parameters())
+    groups = [{**g, "params": [params[i] for i in g["params"]]} for g in blob["groups"]]
+    opt = blob["optimizer"](groups)
+    loss_fn = blob["loss_fn"]
+    module = net
+    dp = blob.get("dp")
+    if dp:  # DP-SGD: per-sample gradients (opacus), clipped and noised by its optimizer
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+
+        module = GradSampleModule(net)
+        opt = DPOptimizer(opt, noise_multiplier=dp["noise_multiplier"], max_grad_norm=dp["max_grad_norm"],
+                          expected_batch_size=dp["expected_batch_size"])
+
+    def one_step(x, y):
+        x = as_input_format(x.to(device), options)
+        y = y.to(device)
+        opt.zero_grad(set_to_none=True)
+        with autocast(device, options):
+            loss = loss_fn(module, x, y)
+        loss.backward()
+        opt.step()
+        if dp:
+            opt.zero_grad(set_to_none=True)  # opacus keeps per-sample gradients until then
+        return loss
+
+    return net, one_step
+
+
+def _release_freed_memory() -> None:
+    """Return freed heap pages to the OS (glibc), so the next allocations show in the RSS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _measure_blob_here(blob: dict, device: torch.device, threads: int) -> dict:
+    """Warm up on two examples (kernels, optimizer state), then the peak of one full-batch step."""
+    import warnings
+
+    if threads:
+        torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore")
+    net, one_step = _replay(blob, device)
+    x, y = blob["x"], blob["y"]
+    one_step(x[:2], y[:2])
+    if device.type == "cuda":
+        xd, yd = x.to(device), y.to(device)
+        with peak_memory(device) as mem:
+            one_step(xd, yd)
+        return {"mb": mem.mb, "method": STEP_METHOD_CUDA, "batch": len(x)}
+    _release_freed_memory()
+    with peak_memory(device, interval=0.001) as mem:
+        one_step(x, y)
+    return {"mb": mem.mb, "method": STEP_METHOD_CPU, "batch": len(x)}
+
+
+def measure_train_step(step: dict, device: torch.device, timeout: float = 300.0) -> dict:
+    """Peak memory (MiB) of one training step of ``step`` (recorded by ``training.fit``), in isolation.
+
+    CPU: replayed in a fresh Python process (no allocator or library state of this one), RSS growth
+    of one full-batch step over the RSS after a two-example warm-up step. CUDA: in this process on a
+    copy, ``max_memory_allocated`` growth after a reset. Every model is measured from the same point:
+    weights, optimizer state and the batch already on the device. Returns {"mb", "method", "batch"}
+    or {"mb": None, "method": "unavailable: <why>"}.
+    """
+    import io
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    try:
+        data = _step_blob(step)
+    except Exception as exc:  # e.g. a user loss that cannot be pickled
+        return {"mb": None, "method": f"unavailable: {type(exc).__name__}: {exc}"[:200]}
+    if device.type == "cuda":
+        blob = torch.load(io.BytesIO(data), weights_only=False)
+        return _measure_blob_here(blob, device, 0)
+    with tempfile.NamedTemporaryFile(suffix=".pt", delete=False) as fh:
+        fh.write(data)
+        path = fh.name
+    try:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        out = subprocess.run([sys.executable, "-m", "stf_eval.profiling", path, str(torch.get_num_threads())],
+                             capture_output=True, text=True, timeout=timeout, env=env)
+        if out.returncode != 0:
+            tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+            return {"mb": None, "method": f"unavailable: {tail}"[:200]}
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, OSError, ValueError) as exc:
+        return {"mb": None, "method": f"unavailable: {type(exc).__name__}"}
+    finally:
+        os.unlink(path)
+
+
+# -- a distribution-free interval for a median ---------------------------------------------------------------
+def median_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(low, high, coverage): the narrowest symmetric order-statistic interval [x_(k), x_(n+1-k)] whose
+    coverage of the population median, 1 - 2 P(Bin(n, 1/2) < k), is at least ``confidence``; with too
+    few values, (min, max) and its (lower) coverage."""
+    from math import comb
+
+    xs = sorted(float(v) for v in values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("no values")
+    if n == 1:
+        return xs[0], xs[0], 0.0
+
+    def coverage(k: int) -> float:
+        return 1.0 - 2.0 * sum(comb(n, i) for i in range(k)) / 2**n
+
+    best = 1
+    for k in range(1, n // 2 + 1):
+        if coverage(k) >= confidence:
+            best = k
+    return xs[best - 1], xs[n - best], coverage(best)
+
+
+def _main(argv: list[str]) -> int:
+    import json
+
+    blob = torch.load(argv[0], weights_only=False)
+    print(json.dumps(_measure_blob_here(blob, torch.device("cpu"), int(argv[1]) if len(argv) > 1 else 1)))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

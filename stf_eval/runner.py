@@ -22,7 +22,7 @@ from .config import RunConfig, resolved_dict
 from .context import EvalContext
 from .data.base import DataBundle
 from .data.plan import build_data, split_record
-from .device import resolve_device
+from .device import apply_numerics, resolve_device
 from .environment import describe
 from .errors import ConfigError
 from .examples import write_examples
@@ -55,7 +55,8 @@ def evaluate_cell(work: Work, cell: Cell, cache: CheckpointCache, run_dir: Path,
     model = build_model(cell.model, cfg, data, cell.seed, device, cache)
 
     def build_like(bundle: DataBundle, seed: int) -> ModelPlugin:
-        return build_model(cell.model, cfg, bundle, seed, device, cache)
+        # reference models are not reported by the efficiency suite: no step-memory measurement
+        return build_model(cell.model, cfg, bundle, seed, device, cache, measure_step_memory=False)
 
     ctx = EvalContext(model_name=cell.model.name, model=model, data=data, seed=cell.seed, run_dir=run_dir,
                       device=device, build_like=build_like)
@@ -143,6 +144,7 @@ def run(cfg: RunConfig, *, resume: bool = False, out_dir: str | None = None, exe
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
+    apply_numerics(device, cfg.deterministic)
     data = data if data is not None else build_data(cfg)  # data errors surface before anything is written
     check_before_writing(cfg, data)
     run_dir = Path(out_dir or cfg.output_dir)
@@ -157,7 +159,7 @@ def run(cfg: RunConfig, *, resume: bool = False, out_dir: str | None = None, exe
     cells_dir = inside(run_dir, "cells")
     cells_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(resolved_dict(cfg), indent=1))
-    atomic_write_text(run_dir / "environment.json", json.dumps(describe(device), indent=1))
+    atomic_write_text(run_dir / "environment.json", json.dumps(describe(device, cfg.deterministic), indent=1))
     atomic_write_text(run_dir / "splits.json", json.dumps(split_record(data)))
     log.info("run %s: %d model(s) x %d seed(s) on %s, device %s -> %s; %d of %d training job(s) and %d of %d "
              "cell(s) to run", cfg.name, len(cfg.models), len(cfg.seeds), data.name, device, run_dir,

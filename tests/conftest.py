@@ -9,6 +9,8 @@ import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# a fresh process per trained stage measures its step memory: off here (tests that need it turn it on)
+os.environ.setdefault("STF_EVAL_STEP_MEMORY", "0")
 
 TINY_TOML = """
 name = "tiny"

@@ -64,3 +64,61 @@ def test_batch_norm_is_replaced_and_prefix_stripped():
 def test_bad_dp_parameters_are_one_line_errors(table, message):
     with pytest.raises(ConfigError, match=message):
         load_config(text=tiny_toml(models=f"[models.dp_sgd]\n{table}"))
+
+
+def _fit_dp(tiny_cfg, tiny_data, monkeypatch=None, **params):
+    from stf_eval.cache import CheckpointCache
+    from stf_eval.config import PluginSpec
+    from stf_eval.params import parse_params
+    from stf_eval.runner import build_model
+
+    table = {**DpSgd.tiny, "epochs": 1, **params}
+    spec = PluginSpec(name="dp_sgd", plugin="dp_sgd", params=parse_params(DpSgd.Params, table, "dp_sgd"))
+    return build_model(spec, tiny_cfg, tiny_data, 0, torch.device("cpu"), CheckpointCache(None))
+
+
+def test_nothing_of_the_private_module_survives_fit(tiny_cfg, tiny_data, monkeypatch):
+    """opacus' hooks form a cycle; fit releases the private module itself: with the garbage collector
+    off and no collection by the test, every network opacus wrapped (and the parameters that held
+    per-sample gradients) is gone when fit returns."""
+    import gc
+    import weakref
+
+    from stf_eval.models import dp_sgd
+
+    nets, params = [], []
+    original = dp_sgd.dp_compatible_net
+
+    def tracked(net):
+        fixed = original(net)
+        nets.append(weakref.ref(fixed))
+        params.extend(weakref.ref(p) for p in fixed.parameters())
+        return fixed
+
+    monkeypatch.setattr(dp_sgd, "dp_compatible_net", tracked)
+    gc.collect()
+    gc.disable()  # nothing may depend on a garbage collection
+    try:
+        model = _fit_dp(tiny_cfg, tiny_data)
+        kept = {id(p) for p in model.net.parameters()}
+        assert len(nets) >= 2 and nets[0]() is model.net  # the clean, evaluated network stays
+        assert [r for r in nets[1:] if r() is not None] == []  # the private (work) module is gone
+        assert [r for r in params if r() is not None and id(r()) not in kept] == []
+        assert not any(hasattr(p, "grad_sample") for p in model.net.parameters())
+    finally:
+        gc.enable()
+
+
+def test_physical_batches_leave_the_logical_batch_and_epsilon_unchanged(tiny_cfg, tiny_data):
+    """BatchMemoryManager splits each Poisson batch for memory only: the same logical steps, noise
+    multiplier and epsilon, and the same weights up to float summation order."""
+    whole = _fit_dp(tiny_cfg, tiny_data, max_physical_batch_size=0)
+    split = _fit_dp(tiny_cfg, tiny_data, max_physical_batch_size=16)
+    assert DpSgd.tiny["batch_size"] > 16
+    assert whole.epsilon == split.epsilon and whole.noise_multiplier == split.noise_multiplier
+    expected_steps = -(-len(tiny_data.train) // DpSgd.tiny["batch_size"])  # one epoch: ceil(N / batch) draws
+    assert whole.dp_meta["dp_logical_steps"] == split.dp_meta["dp_logical_steps"] == expected_steps
+    assert split.dp_meta["dp_physical_batch_size"] == 16
+    assert whole.dp_meta["dp_physical_batch_size"] == DpSgd.tiny["batch_size"]
+    for a, b in zip(whole.net.parameters(), split.net.parameters()):
+        assert torch.allclose(a, b, atol=1e-4)

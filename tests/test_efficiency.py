@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -133,3 +134,116 @@ def test_stf_bnn_counts_only_its_variational_first_layer(fitted_models, tiny_dat
     seconds = _values(ctx, "train_seconds")
     assert {"pretrain", "svi", "total"} <= set(seconds)
     assert seconds["total"]["value"] == pytest.approx(seconds["pretrain"]["value"] + seconds["svi"]["value"])
+
+
+def test_epoch_medians_and_per_example_arrays_come_back_the_same_from_a_warm_cache(fitted_models, tiny_cfg,
+                                                                                     tiny_data, tmp_path):
+    from stf_eval.cache import CheckpointCache
+    from stf_eval.config import PluginSpec
+    from stf_eval.runner import build_model
+
+    first = fitted_models("deterministic")
+    spec = PluginSpec(name="deterministic", plugin="deterministic", params=MODELS.get("deterministic").Params())
+    again = build_model(spec, tiny_cfg, tiny_data, 0, torch.device("cpu"), CheckpointCache(tiny_cfg.cache_dir))
+    assert again.from_cache["train"]
+    rows = []
+    for i, model in enumerate((first, again)):
+        ctx = _run_suite(model, tiny_data, tmp_path / str(i), figure=False)
+        row = _values(ctx, "epoch_seconds_median")["train"]
+        epochs = ctx.examples["efficiency"]["train/train/epoch_seconds"]
+        assert epochs.dtype == np.float64 and len(epochs) == tiny_cfg.train.epochs
+        assert row["value"] == pytest.approx(float(np.median(epochs[1:])))  # after one warm-up epoch
+        assert row["ci_low"] <= row["value"] <= row["ci_high"] and row["n"] == len(epochs) - 1
+        assert "thread" in row["note"] and "device cpu" in row["note"]
+        lat = ctx.examples["efficiency"]["latency/seconds"]
+        assert lat.dtype == np.float64 and len(lat) == 2
+        rows.append(row)
+    assert rows[0]["value"] == rows[1]["value"] and CACHED_NOTE in rows[1]["note"]
+
+
+@pytest.mark.skipif("stf_bnn" not in MODELS.names(), reason="stf_bnn is not registered")
+def test_svi_vs_full_bnn_ratio_is_measured_side_by_side(fitted_models, tiny_data, tmp_path):
+    model = fitted_models("stf_bnn")
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    ctx = _run_suite(model, tiny_data, tmp_path, name="stf_bnn", figure=False)
+    (row,) = [r for r in ctx.records if r["metric"] == "svi_vs_full_bnn_epoch_ratio"]
+    saved = ctx.examples["efficiency"]
+    svi, full = saved["compare/svi_epoch_seconds"], saved["compare/full_bnn_epoch_seconds"]
+    assert len(svi) == len(full) == 2 == row["n"]
+    assert row["value"] == pytest.approx(float(np.median(svi / full)))  # recomputed from the saved arrays
+    assert row["note"].startswith(f"controlled: interleaved, median of 2, {torch.get_num_threads()} threads")
+    assert row["ci_low"] <= row["value"] <= row["ci_high"]
+    for k, v in model.net.state_dict().items():  # the evaluated model is untouched
+        assert torch.equal(v, before[k])
+    others = _run_suite(fitted_models("deterministic"), tiny_data, tmp_path / "d", figure=False)
+    assert not [r for r in others.records if r["metric"] == "svi_vs_full_bnn_epoch_ratio"]
+
+
+def test_memory_method_is_kept_per_stage_and_mixed_methods_get_no_total(fitted_models, tiny_data, tmp_path):
+    model = fitted_models("stf_bnn")
+    assert model.memory_method == {"pretrain": "cpu_peak_rss_growth", "svi": "cpu_peak_rss_growth"}
+    ctx = _run_suite(model, tiny_data, tmp_path, figure=False)
+    assert "total" in _values(ctx, "peak_memory_mb")
+    model.memory_method["svi"] = "cuda_max_allocated"  # as if the stage had been trained on a GPU
+    try:
+        ctx = _run_suite(model, tiny_data, tmp_path / "mixed", figure=False)
+    finally:
+        model.memory_method["svi"] = "cpu_peak_rss_growth"
+    memory = _values(ctx, "peak_memory_mb")
+    assert "total" not in memory and memory["svi"]["note"].startswith("cuda_max_allocated")
+    assert any("different methods" in n["text"] for n in ctx.notes)
+
+
+def test_step_memory_is_measured_in_a_fresh_process_and_grows_with_the_batch():
+    from stf_eval.profiling import STEP_METHOD_CPU, measure_train_step
+    from stf_eval.training import StepOptions, cross_entropy_loss
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(64 * 28 * 28, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    out = {}
+    for n in (4, 256):  # activations: about 0.8 MiB vs 50 MiB per stored tensor
+        step = {"net": net, "loss_fn": cross_entropy_loss, "optimizer": opt, "train_mode": True,
+                "options": StepOptions(), "x": torch.rand(n, 1, 28, 28), "y": torch.randint(0, 10, (n,))}
+        out[n] = measure_train_step(step, torch.device("cpu"))
+        assert out[n]["method"] == STEP_METHOD_CPU and out[n]["batch"] == n
+    assert out[256]["mb"] > out[4]["mb"] + 40
+    assert out[256]["mb"] < 2000
+    bad = measure_train_step({**step, "loss_fn": lambda net, x, y: net(x).sum()}, torch.device("cpu"))
+    assert bad["mb"] is None and bad["method"].startswith("unavailable")
+
+
+@pytest.mark.slow
+def test_stage_step_memory_is_recorded_with_its_method(tiny_cfg, tiny_data, tmp_path):
+    from stf_eval.cache import CheckpointCache
+    from stf_eval.config import PluginSpec
+    from stf_eval.runner import build_model
+
+    spec = PluginSpec(name="deterministic", plugin="deterministic", params=MODELS.get("deterministic").Params())
+    model = build_model(spec, tiny_cfg, tiny_data, 0, torch.device("cpu"), CheckpointCache(None),
+                        measure_step_memory=True)
+    ctx = _run_suite(model, tiny_data, tmp_path, figure=False)
+    row = _values(ctx, "train_step_peak_memory_mb")["train"]
+    assert row["value"] > 0 and row["note"].startswith("cpu_fresh_process_step_rss")
+    assert row["n"] == tiny_cfg.train.batch_size
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 6, 9, 20])
+def test_median_interval_coverage_matches_the_binomial(n):
+    from scipy.stats import binom
+
+    from stf_eval.profiling import median_interval
+
+    values = list(range(n, 0, -1))
+    low, high, cover = median_interval(values)
+    if n == 1:
+        assert (low, high) == (1, 1)
+        return
+    k = int(low)  # values are 1..n, so the k-th smallest is k
+    assert high == n + 1 - k
+    assert cover == pytest.approx(1 - 2 * binom.cdf(k - 1, n, 0.5))
+    if k > 1:  # the next narrower interval would not reach 95 %
+        assert 1 - 2 * binom.cdf(k, n, 0.5) < 0.95 <= cover
+    else:
+        assert (low, high) == (1, n)

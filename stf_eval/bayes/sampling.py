@@ -20,24 +20,34 @@ def repeat_batch(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.unsqueeze(1).expand(x.shape[0], n, *x.shape[1:]).reshape(n * x.shape[0], *x.shape[1:])
 
 
-#: Upper bound on the rows of one expanded forward pass (S x examples). On CPU, activations of a much
-#: larger pass exceed the allocator's reuse threshold and every pass pays fresh page faults (measured
-#: 2x slower per row for LeNet on MNIST at 4,096 rows than at 512); on GPU 512 rows is still a full batch.
-MAX_EXPANDED_ROWS = 512
+#: Upper bound on the rows of one expanded forward pass (S x examples), by device type. On CPU,
+#: activations of a much larger pass exceed the allocator's reuse threshold and every pass pays fresh
+#: page faults (measured 2x slower per row for LeNet on MNIST at 4,096 rows than at 512); a GPU needs
+#: large passes to be busy, so its cap is far higher (memory, not speed, bounds it there).
+MAX_EXPANDED_ROWS = {"cpu": 512, "cuda": 16384}
+
+
+def max_expanded_rows(device: torch.device | str) -> int:
+    """The row cap of one expanded pass on ``device`` (the CPU's for device types not listed)."""
+    kind = torch.device(device).type
+    return MAX_EXPANDED_ROWS.get(kind, MAX_EXPANDED_ROWS["cpu"])
 
 
 def sample_logits(net: nn.Module, x: torch.Tensor, n_samples: int, layers: Sequence[VariationalLayer] = (),
-                  max_rows: int = MAX_EXPANDED_ROWS) -> torch.Tensor:
+                  max_rows: int | None = None) -> torch.Tensor:
     """Logits [S, B, C] of S samples, in one forward pass over the S-fold expanded batch.
 
     ``layers``: the network's variational layers. They are told that the batch holds S rows per example:
     plain-reparameterisation layers draw one weight sample per sample index, and a layer fed by the
     input (``fed_by_input``) computes its convolution on one copy only (local reparameterisation draws
     per example anyway). Batches whose expansion exceeds ``max_rows`` rows go through in chunks of
-    examples (at least 8 per chunk), each chunk one vectorised pass of all S samples.
+    examples (at least 8 per chunk), each chunk one vectorised pass of all S samples; ``max_rows``
+    defaults to the cap of ``x``'s device (``max_expanded_rows``).
     """
     if n_samples == 1:
         return net(x).unsqueeze(0)
+    if max_rows is None:
+        max_rows = max_expanded_rows(x.device)
     per_pass = max(8, max_rows // n_samples)  # at least 8 examples: many tiny passes cost more
     if x.shape[0] > per_pass:
         return torch.cat([_expanded_pass(net, x[i:i + per_pass], n_samples, layers)

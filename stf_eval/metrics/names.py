@@ -47,6 +47,12 @@ METRICS: dict[str, tuple[str, str | None]] = {
     "peak_memory_mb": ("Peak memory while training, MiB (CUDA max allocated, or CPU peak RSS growth).", "lower"),
     "latency_ms_per_example": ("Inference latency per example at the evaluation S, milliseconds.", "lower"),
     "forward_passes_per_prediction": ("Network forward passes needed for one prediction.", "lower"),
+    "epoch_seconds_median": ("Median seconds of one training epoch of a stage, after the warm-up epochs, at "
+                             "the run's thread count (ci: order-statistic interval of the median).", "lower"),
+    "train_step_peak_memory_mb": ("Peak memory of one training step measured in isolation (fresh process on "
+                                  "CPU, CUDA max allocated on GPU), MiB; the note names the method.", "lower"),
+    "svi_vs_full_bnn_epoch_ratio": ("STF-BNN SVI epoch / full-BNN epoch, measured side by side (interleaved, "
+                                    "median of k repetitions) in the stf_bnn cell.", "lower"),
 }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +28,13 @@ from torch import nn
 from ..cache import CheckpointCache, cache_key
 from ..config import NetConfig, PluginSpec, TrainConfig
 from ..data.base import DataBundle
+from ..device import numerics
 from ..errors import TrainingDiverged
 from ..nets.common import build_net
 from ..params import NoParams, as_dict
-from ..profiling import peak_memory
+from ..profiling import measure_train_step, peak_memory
 from ..seeding import seeded_all
-from ..training import train_deterministic
+from ..training import StepOptions, as_input_format, prepare_net, stage, train_deterministic
 
 
 @dataclass
@@ -47,14 +49,19 @@ class BuildContext:
     cache: CheckpointCache
     #: True while a plan records stages or a job trains one stage: ``fit`` skips work outside stages
     stages_only = False
+    #: measure each trained stage's step memory in isolation (efficiency suite; a fresh process on CPU)
+    #: (default on; STF_EVAL_STEP_MEMORY=0 turns it off, as the test suite does for speed)
+    measure_step_memory: bool = field(default_factory=lambda: os.environ.get("STF_EVAL_STEP_MEMORY", "1") != "0")
 
     def new_net(self, data: DataBundle) -> nn.Module:
         return build_net(self.net, data.input_shape, data.num_classes, data.mean, data.std)
 
     def key_spec(self, data: DataBundle, **extra: Any) -> dict:
-        """The parts of a cache key common to all trained weights: net, recipe, data, seed."""
+        """The parts of a cache key common to all trained weights: net, recipe, data, seed, and the
+        device type and numerics that change trained weights (torch version; on CUDA the TF32 and
+        deterministic flags), so weights trained on one device are never loaded as another's."""
         return {"net": as_dict(self.net), "train": as_dict(self.train), "data": data.train.fingerprint,
-                "num_classes": data.num_classes, "seed": self.seed, **extra}
+                "num_classes": data.num_classes, "seed": self.seed, "numerics": numerics(self.device), **extra}
 
     def cached(self, spec: dict, net: nn.Module, train_fn) -> tuple[float, bool, dict]:
         """Load ``net`` from the cache or train it with ``train_fn() -> (seconds, meta)`` and store it.
@@ -64,8 +71,13 @@ class BuildContext:
         numpy's and Python's global generators seeded from (seed, what is trained) and restored
         afterwards: the weights never depend on what ran before, and nothing after the stage depends
         on whether it was trained or loaded.
+        Measured while training and kept with the weights (so a warm cache reports the same figures):
+        wall seconds, seconds of every epoch (``epoch_seconds``) at ``threads`` torch threads, peak
+        memory of the stage with its method, and the peak memory of one training step measured in
+        isolation (``train_step_peak_memory_mb``, profiling.measure_train_step). Every model is
+        measured from the same point: its network already on the device.
         """
-        stage = str(spec.get("kind", "stage"))
+        stage_name = str(spec.get("kind", "stage"))
         purpose = json.dumps(spec, sort_keys=True, default=str)
 
         def seeded_train():
@@ -73,15 +85,15 @@ class BuildContext:
                 try:
                     out = train_fn()
                 except (FloatingPointError, OverflowError) as exc:
-                    raise TrainingDiverged(f"training stage {stage!r} diverged ({exc}); lower its learning "
+                    raise TrainingDiverged(f"training stage {stage_name!r} diverged ({exc}); lower its learning "
                                            "rate") from exc
                 except RuntimeError as exc:  # an update too large for float32 (e.g. lr = 1e300)
                     if "overflow" not in str(exc):
                         raise
-                    raise TrainingDiverged(f"training stage {stage!r} diverged (an update overflowed float32: "
+                    raise TrainingDiverged(f"training stage {stage_name!r} diverged (an update overflowed float32: "
                                            f"{exc}); lower its learning rate") from exc
             if not all(torch.isfinite(p).all() for p in net.parameters()):
-                raise TrainingDiverged(f"training stage {stage!r} diverged (non-finite weights); lower its "
+                raise TrainingDiverged(f"training stage {stage_name!r} diverged (non-finite weights); lower its "
                                        "learning rate")
             return out
 
@@ -90,15 +102,27 @@ class BuildContext:
 
     def _cached(self, spec: dict, net: nn.Module, train_fn) -> tuple[float, bool, dict]:
         key = cache_key(spec)
+        options = StepOptions.of(self.train)
         meta = self.cache.load(key, net)
         if meta is not None:
-            net.to(self.device).eval()
+            prepare_net(net, self.device, options).eval()
             return float(meta.get("seconds", 0.0)), True, meta
-        with peak_memory(self.device) as mem:
+        prepare_net(net, self.device, options)
+        with stage(self.train) as log, peak_memory(self.device) as mem:
             seconds, meta = train_fn()
-        meta = {**(meta or {}), "seconds": seconds, "peak_memory_mb": mem.mb, "memory_method": mem.method}
+        meta = {**(meta or {}), "seconds": seconds, "peak_memory_mb": mem.mb, "memory_method": mem.method,
+                "epoch_seconds": list(log.epoch_seconds), "threads": torch.get_num_threads(),
+                "device": self.device.type}
+        step = (meta.pop("train_step", None) or log.step) if self.measure_step_memory else None
+        log.step = None
+        if step is not None:
+            measured = measure_train_step(step, self.device)
+            meta.update({"train_step_peak_memory_mb": measured.get("mb"),
+                         "train_step_memory_method": measured.get("method"),
+                         "train_step_batch": measured.get("batch")})
+        meta.pop("train_step", None)
         self.cache.save(key, net, spec, meta)
-        net.to(self.device).eval()
+        prepare_net(net, self.device, options).eval()
         return seconds, False, meta
 
 
@@ -172,7 +196,11 @@ class ModelPlugin:
         self.train_seconds: dict[str, float] = {}
         self.from_cache: dict[str, bool] = {}
         self.peak_memory_mb: dict[str, float] = {}
-        self.memory_method = ""
+        self.memory_method: dict[str, str] = {}  # per stage: stages may come from different devices
+        self.epoch_seconds: dict[str, list[float]] = {}
+        self.step_memory_mb: dict[str, float] = {}
+        self.step_memory_method: dict[str, str] = {}
+        self.stage_info: dict[str, dict] = {}  # per stage: device and threads it was trained with
         self.extra_records: list[dict] = []  # model-specific figures for the efficiency suite etc.
 
     # -- to implement -------------------------------------------------------------------------
@@ -197,7 +225,14 @@ class ModelPlugin:
         self.from_cache[stage] = bool(meta.get("cached", False))
         if "peak_memory_mb" in meta:
             self.peak_memory_mb[stage] = float(meta["peak_memory_mb"])
-            self.memory_method = meta.get("memory_method", self.memory_method)
+            self.memory_method[stage] = str(meta.get("memory_method", ""))
+        if meta.get("epoch_seconds"):
+            self.epoch_seconds[stage] = [float(t) for t in meta["epoch_seconds"]]
+        if meta.get("train_step_peak_memory_mb") is not None:
+            self.step_memory_mb[stage] = float(meta["train_step_peak_memory_mb"])
+        if meta.get("train_step_memory_method"):
+            self.step_memory_method[stage] = str(meta["train_step_memory_method"])
+        self.stage_info[stage] = {k: meta[k] for k in ("device", "threads", "train_step_batch") if k in meta}
 
     def run_stage(self, stage: str, spec: dict, net: nn.Module, train_fn) -> nn.Module:
         """Load ``net`` from the cache or train it with ``train_fn() -> (seconds, meta)``; record the stage."""
@@ -220,21 +255,26 @@ class ModelPlugin:
         s = n_samples or self.n_samples
         bs = batch_size or self.prediction_batch_size(s)
         out = []
+        options = StepOptions.of(self.ctx.train)
         for start in range(0, x.shape[0], bs):
-            xb = x[start:start + bs].to(self.device, non_blocking=True)
+            xb = as_input_format(x[start:start + bs].to(self.device, non_blocking=True), options)
             out.append(self.sample_logits(xb, s).float().cpu())
         return torch.cat(out, dim=1)
 
     def prediction_batch_size(self, n_samples: int) -> int:
         """Examples per batch when drawing ``n_samples`` samples in one S-fold expanded pass.
 
-        On CPU the expanded batch (S x examples rows) is kept to about 512 rows: larger ones spill out
-        of cache and cost more than they save (measured in benchmarks/mc_prediction_vs_deterministic.py).
+        The expanded batch (S x examples rows) is kept to the device's row cap
+        (``bayes.sampling.max_expanded_rows``: about 512 rows on CPU, where larger ones spill out of
+        cache and cost more than they save, measured in benchmarks/mc_prediction_vs_deterministic.py;
+        far more on a GPU).
         """
+        from ..bayes.sampling import max_expanded_rows
+
         eval_bs = self.ctx.train.eval_batch_size
         if n_samples <= 1:
             return eval_bs
-        rows = eval_bs * 4 if self.device.type == "cuda" else min(eval_bs, 512)
+        rows = min(eval_bs * n_samples, max_expanded_rows(self.device))
         return max(1, rows // n_samples)
 
     def predictive(self, n_samples: int | None = None) -> PredictiveModule:
@@ -262,8 +302,12 @@ class ModelPlugin:
             "forward_passes_per_prediction": self.forward_passes_per_prediction(),
             "train_seconds": dict(self.train_seconds),
             "peak_memory_mb": dict(self.peak_memory_mb),
-            "memory_method": self.memory_method,
+            "memory_method": dict(self.memory_method),
             "from_cache": dict(self.from_cache),
+            "epoch_seconds": {k: list(v) for k, v in self.epoch_seconds.items()},
+            "train_step_peak_memory_mb": dict(self.step_memory_mb),
+            "train_step_memory_method": dict(self.step_memory_method),
+            "stage_info": {k: dict(v) for k, v in self.stage_info.items()},
         }
 
     def deterministic_base(self) -> nn.Module | None:

@@ -4,10 +4,18 @@ opacus leaves hooks on the module it wraps, and attacking that module afterwards
 model evaluates a *clean copy*: a fresh network of the same (opacus-fixed) architecture holding the
 trained weights. That clean network is what the checkpoint cache stores; the privacy budget spent
 (epsilon at the recorded delta) is stored in the cache metadata, so a cache hit still knows it.
+
+Memory: per-example gradients cost one copy of the weights per example of a physical batch, so
+opacus' ``BatchMemoryManager`` splits each logical (Poisson-sampled) batch into physical batches of at
+most ``max_physical_batch_size`` examples; the noisy step still happens once per logical batch, so
+the logical batch, the noise and epsilon are unchanged. After training the private module is closed
+(hooks removed, per-sample gradients dropped) and released, so nothing of it outlives ``fit`` (opacus'
+hooks form a reference cycle that would otherwise keep it alive until a full garbage collection).
 """
 
 from __future__ import annotations
 
+import gc
 import time
 import warnings
 from dataclasses import dataclass
@@ -20,6 +28,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..params import as_dict, require
 from ..registry import MODELS
+from ..training import StepOptions
 from .base import Capabilities, ModelPlugin
 
 GRAD_SAMPLE_PREFIX = "_module."  # opacus' GradSampleModule stores the wrapped net under this name
@@ -39,6 +48,7 @@ class DpSgdParams:
     momentum: float = 0.9  # sgd only
     batch_size: int = 256  # expected batch size (Poisson sampling with rate batch_size / N_train)
     accountant: Literal["prv", "rdp"] = "prv"  # opacus' privacy accountant
+    max_physical_batch_size: int = 128  # examples per forward/backward (BatchMemoryManager); 0 = batch_size
 
     def check(self) -> None:
         require(self.target_epsilon > 0, "target_epsilon", "a positive number", self.target_epsilon)
@@ -48,6 +58,8 @@ class DpSgdParams:
         require(self.lr > 0, "lr", "a positive number", self.lr)
         require(0.0 <= self.momentum < 1.0, "momentum", "a number in [0, 1)", self.momentum)
         require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        require(self.max_physical_batch_size >= 0, "max_physical_batch_size", "0 (= batch_size) or an integer >= 1",
+                self.max_physical_batch_size)
 
 
 def dp_compatible_net(net: nn.Module) -> nn.Module:
@@ -59,6 +71,25 @@ def dp_compatible_net(net: nn.Module) -> nn.Module:
     if errors:
         raise ConfigError(f"models.dp_sgd: the network cannot be trained with DP-SGD: {errors[0]}")
     return fixed
+
+
+def _mean_cross_entropy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(net(x), y, reduction="sum") / max(len(y), 1)
+
+
+def release_private(private, opt) -> None:
+    """Drop what opacus attached: per-sample gradients (and their sums), hooks, and the gradients, so
+    the private module is freed by reference counting as soon as it goes out of scope."""
+    try:
+        opt.zero_grad(set_to_none=True)  # clears grad_sample and summed_grad too
+    except Exception:  # noqa: BLE001 - best effort on an error path
+        pass
+    for param in private.parameters():
+        for attr in ("grad_sample", "summed_grad", "_forward_counter", "_current_grad_sample"):
+            if hasattr(param, attr):
+                delattr(param, attr)
+        param.grad = None
+    private._close()  # removes the hooks (their partials reference the module: a cycle)
 
 
 def clean_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -90,6 +121,7 @@ class DpSgd(ModelPlugin):
 
         seconds, cached, meta = self.ctx.cached(spec, self.net, train)
         self.record_stage("train", {**meta, "seconds": seconds, "cached": cached})
+        self.dp_meta = {k: v for k, v in meta.items() if k.startswith("dp_")}
         if self.ctx.stages_only:  # planning or training stages only: no privacy accounting to read yet
             return self
         self.epsilon = float(meta["dp_epsilon"])
@@ -99,6 +131,7 @@ class DpSgd(ModelPlugin):
 
     def _train_private(self, data, n_train: int) -> tuple[float, dict]:
         from opacus import PrivacyEngine
+        from opacus.utils.batch_memory_manager import BatchMemoryManager
         from torch.utils.data import DataLoader, TensorDataset
 
         p, device, seed = self.params, self.device, self.ctx.seed
@@ -111,6 +144,7 @@ class DpSgd(ModelPlugin):
             opt = torch.optim.Adam(work.parameters(), lr=p.lr)
         loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=min(p.batch_size, n_train),
                             shuffle=True, generator=torch.Generator().manual_seed(seed))
+        physical = min(p.max_physical_batch_size or p.batch_size, p.batch_size)
         with warnings.catch_warnings():
             for message in QUIET_OPACUS_WARNINGS:
                 warnings.filterwarnings("ignore", message=message)
@@ -120,23 +154,46 @@ class DpSgd(ModelPlugin):
                 module=work, optimizer=opt, data_loader=loader, target_epsilon=p.target_epsilon,
                 target_delta=self.delta, epochs=p.epochs, max_grad_norm=p.max_grad_norm,
                 noise_generator=torch.Generator(device=device).manual_seed(seed + 1))
-            for _ in range(p.epochs):
-                for xb, yb in loader:
-                    xb, yb = xb.to(device), yb.to(device)
-                    opt.zero_grad(set_to_none=True)
-                    # mean over the batch; an empty Poisson batch gives 0 (its noisy step still happens)
-                    loss = F.cross_entropy(private(xb), yb, reduction="sum") / max(len(yb), 1)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"dp_sgd: training loss became {loss.item()}")
-                    loss.backward()
-                    opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - start
-            epsilon = float(engine.get_epsilon(self.delta))
-        self.net.load_state_dict(clean_state_dict(private))
+            logical_steps = 0
+            try:
+                for _ in range(p.epochs):
+                    running = torch.zeros((), device=device)
+                    with BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical,
+                                            optimizer=opt) as physical_loader:
+                        for xb, yb in physical_loader:
+                            xb, yb = xb.to(device), yb.to(device)
+                            opt.zero_grad(set_to_none=True)
+                            # mean over the batch; an empty Poisson batch gives 0 (its noisy step still happens)
+                            loss = F.cross_entropy(private(xb), yb, reduction="sum") / max(len(yb), 1)
+                            loss.backward()
+                            opt.step()
+                            logical_steps += 0 if opt._is_last_step_skipped else 1
+                            running += loss.detach()  # no host sync per step
+                    if not torch.isfinite(running):
+                        raise FloatingPointError(f"dp_sgd: training loss became {float(running)}")
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                seconds = time.perf_counter() - start
+                epsilon = float(engine.get_epsilon(self.delta))
+                noise_multiplier = float(opt.noise_multiplier)
+                self.net.load_state_dict(clean_state_dict(private))
+            finally:
+                release_private(private, opt)  # per-sample gradients freed here, by reference counting
+                del private, opt, loader, engine, work
+                gc.collect()  # the module itself sits in a reference cycle (opacus/autograd): reclaim it now
         meta = {"dp_epsilon": epsilon, "dp_delta": self.delta, "accountant": p.accountant,
-                "noise_multiplier": float(opt.noise_multiplier)}
+                "noise_multiplier": noise_multiplier, "dp_logical_steps": logical_steps,
+                "dp_physical_batch_size": physical}
+        # one training step, for the efficiency suite's step memory (profiling.measure_train_step)
+        step_net = dp_compatible_net(self.ctx.new_net(data))
+        step_net.load_state_dict(self.net.state_dict())
+        meta["train_step"] = {
+            "net": step_net, "loss_fn": _mean_cross_entropy,
+            "optimizer": (torch.optim.SGD, {"lr": p.lr, "momentum": p.momentum}) if p.optimizer == "sgd"
+            else (torch.optim.Adam, {"lr": p.lr}),
+            "x": data.train.x[:physical], "y": data.train.y[:physical], "train_mode": True,
+            "options": StepOptions(), "dp": {"noise_multiplier": noise_multiplier, "max_grad_norm": p.max_grad_norm,
+                                             "expected_batch_size": p.batch_size}}
         return seconds, meta
 
     def sample_logits(self, x: torch.Tensor, n_samples: int) -> torch.Tensor:
