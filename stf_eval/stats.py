@@ -34,7 +34,9 @@ def proportion_interval(k: int, n: int, confidence: float = 0.95, method: str = 
     """
     if n <= 0:
         return math.nan, math.nan
-    from scipy.stats import binomtest  # the same numbers as statsmodels' proportion_confint (tested), lighter import
+    from scipy.stats import (
+        binomtest,  # the same numbers as statsmodels' proportion_confint (tested), lighter import
+    )
 
     ci = binomtest(int(k), int(n)).proportion_ci(confidence, method={"wilson": "wilson", "exact": "exact"}[method])
     return float(ci.low), float(ci.high)

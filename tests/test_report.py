@@ -13,15 +13,15 @@ import pytest
 from stf_eval.cli import main
 from stf_eval.report.compare import compare_context, differs, render_compare
 from stf_eval.report.html import render_run, run_context
-from stf_eval.report.stats import Stat, fmt, fmt_pm
+from stf_eval.report.stats import fmt, fmt_pm
 from stf_eval.report.synthetic import MODELS, write_synthetic_run
 from stf_eval.report.verdict import (
     MIXED,
+    NOT_ENOUGH,
     NOT_MEASURED,
     NOT_SUPPORTED,
     SUPPORTED,
     Claim,
-    NOT_ENOUGH,
     Comparison,
     Estimate,
     decide,

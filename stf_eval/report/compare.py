@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..metrics.names import better
 from .headline import headlines
 from .load import RunData, load_run, records_frame, write_text
-from ..metrics.names import better
 from .stats import Stat, fmt, fmt_pm, fmt_setting, seed_stats
 from .tables import Cell, Table, metric_label
 
@@ -67,8 +67,8 @@ def _setting_text(key: tuple) -> str:
 def judge_deltas(keys: list[tuple], stats: list[dict], alpha: float = 0.05) -> dict[tuple, list[str]]:
     """{key: [sub text per run]}: the signed difference from the reference run, with an interval and
     a Holm-corrected judgment where the records allow one."""
-    from .verdict import BETTER, EQUIVALENT, INCONCLUSIVE, MARGINS, WORSE, _from_records, oriented
     from .. import stats as st
+    from .verdict import BETTER, EQUIVALENT, INCONCLUSIVE, MARGINS, WORSE, _from_records, oriented
 
     cells = []  # (key, run index, metric, delta, test)
     for key in keys:

@@ -10,8 +10,8 @@ import numpy as np
 from ..metrics import calibration as cal
 from ..metrics.predictive import log_mean_probs, mean_probs
 from ..params import require
-from ..seeding import derive_seed
 from ..registry import SUITES
+from ..seeding import derive_seed
 from ..shifts import SEVERITIES, SHIFTS, apply_shift, shift_key
 from .base import SuitePlugin
 
