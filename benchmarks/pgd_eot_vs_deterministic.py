@@ -1,7 +1,7 @@
 """Benchmark 4: PGD with EOT on STF-BNN / (S x PGD on the deterministic net).
 
 torchattacks PGD (L-inf, random start) on ``stf_bnn.predictive(S)`` (log of the mean softmax over S
-samples drawn in one batched pass: expectation over transformation in closed form) against the same
+samples drawn in one batched pass: expectation over transformation as a Monte-Carlo average) against the same
 attack on ``deterministic.predictive()``, same examples, eps, steps. Ratio A / (S x B), target <= 1.2.
 
     python benchmarks/pgd_eot_vs_deterministic.py [--repeats 4] [--examples 200] [--steps 10]
