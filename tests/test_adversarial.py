@@ -219,10 +219,12 @@ def test_each_check_passes_on_sound_numbers(check, args):
 
 def test_masked_gradients_fail_the_gradient_norm_check(fitted_models, tiny_data, tmp_path):
     model = _MaskedWithBase(fitted_models("deterministic"))
-    ctx = _run(model, tiny_data, tmp_path, attacks=["pgd"], eps=[0.1, 0.3], square_queries=0,
-               transfer_check=False, example_pairs=0)
+    ctx = _run(model, tiny_data, tmp_path, attacks=["pgd"], eps=[0.1, 0.3], transfer_check=False, example_pairs=0)
     row = _check(ctx, "gradient_norm_vs_base")
     assert row["value"] == 0.0 and "ratio 0" in row["note"], row
+    # zero gradients: Square finds what PGD misses, PGD is no better than noise and does not reach 0
+    for name in ("gradient_free_not_stronger", "noise_weaker_than_pgd", "accuracy_falls_with_eps"):
+        assert _check(ctx, name)["value"] == 0.0, _check(ctx, name)
 
 
 def test_random_only_at_evaluation_fails_sampling_under_attack(fitted_models, tiny_data, tmp_path):

@@ -63,7 +63,7 @@ class AdversarialParams:
     large_eps: float = 0.5  # extra PGD radius for accuracy_falls_with_eps (0: largest sweep eps)
     large_eps_max_accuracy: float = 0.1  # that check needs PGD accuracy there at most this
     transfer_check: bool = True
-    square_queries: int = 1000  # gradient-free check (Square); 0 = not run
+    square_queries: int = 1000  # gradient-free check (Square); below 500 the check is not run
     square_examples: int = 50
     example_pairs: int = 6  # clean/adversarial pairs in the figure; 0 = no figure
 
@@ -115,7 +115,7 @@ class Adversarial(SuitePlugin):
     metrics = ("clean_accuracy", "robust_accuracy", "robust_accuracy_std", "adv_detection_auroc",
                "sanity_check")
     tiny = {"eps": [0.0, 0.1, 0.3], "n_examples": 48, "pgd_steps": 5, "attack_samples": 2,
-            "reevaluations": 2, "large_eps": 0.0, "square_queries": 50, "square_examples": 16,
+            "reevaluations": 2, "large_eps": 0.0, "square_queries": 500, "square_examples": 16,
             "check_examples": 32, "check_samples_factor": 2, "check_steps_factor": 2, "example_pairs": 3}
     tolerance = SPREAD_TOLERANCE
 

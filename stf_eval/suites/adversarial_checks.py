@@ -21,6 +21,8 @@ from ..seeding import seeded
 from ..stats import proportion_interval
 
 
+#: fewer Square queries than this barely attack (100 queries left 0.938 of 0.945 correct): not run
+MIN_SQUARE_QUERIES = 500
 #: step size scale of the reference PGD in converged_in_steps (step = scale * eps / steps; Madry et al.)
 REFERENCE_STEP_SCALE = 2.5
 
@@ -182,7 +184,7 @@ def run_checks(suite) -> list[Check]:
         noise_eps = max(e for e in suite.eps if ("pgd", e) in suite.results)
         noise = suite.results.get(("noise", noise_eps)) or suite.attack("noise", suite.predictive, noise_eps)
         checks.append(noise_weaker(noise_eps, noise.mean, suite.results[("pgd", noise_eps)].mean, len(suite.y)))
-        if p.square_queries > 0:
+        if p.square_queries >= MIN_SQUARE_QUERIES:
             ms = min(p.square_examples, len(suite.x))
             square = suite.attack("square", suite.predictive, eps, suite.x[:ms], suite.y[:ms],
                                   purpose=("check", "square"))
@@ -191,7 +193,8 @@ def run_checks(suite) -> list[Check]:
                        **_ci(square.mean, ms), note=f"{p.square_queries} queries, first {ms} examples, sanity check")
             checks.append(gradient_free_not_stronger(eps, square.mean, best, ms, p.square_queries))
         else:
-            skip("gradient_free_not_stronger", "square_queries = 0")
+            skip("gradient_free_not_stronger", f"square_queries = {p.square_queries}; a gradient-free attack needs a "
+                 f"real budget (at least {MIN_SQUARE_QUERIES} queries) to say anything")
 
     sweep = [e for e in suite.eps if e > 0]
     if sweep and all(("fgsm", e) in suite.results and ("pgd", e) in suite.results for e in sweep):
