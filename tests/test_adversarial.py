@@ -367,3 +367,19 @@ def test_attacks_are_history_independent_and_leave_the_global_rng_alone(fitted_m
     assert torch.equal(runs[0], runs[1])  # the same draws whatever the global state was
     other = attacks.run(name, pred, x, y, 0.1, dataclasses.replace(s, seed=8), purpose=("t",))
     assert name == "autoattack" or not torch.equal(other, runs[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["square", "autoattack"])
+def test_attack_reseeding_does_not_leak_into_the_model_devices_generator(fitted_models, tiny_data, name):
+    """Square and AutoAttack call torch.cuda.manual_seed; the fork is on the model's device (inputs on CPU)."""
+    model = _DropoutStandIn(fitted_models("deterministic"))
+    pred = model.predictive(2).to("cuda")
+    x, y = tiny_data.test.x[:8], tiny_data.test.y[:8]  # on the CPU, as the suite hands them over
+    try:
+        torch.cuda.manual_seed(123)
+        before = torch.cuda.get_rng_state()
+        attacks.run(name, pred, x, y, 0.3, attacks.AttackSettings(steps=2, batch_size=8, square_queries=20))
+        assert torch.equal(torch.cuda.get_rng_state(), before)
+    finally:
+        pred.to("cpu")  # the network is shared with the other tests
