@@ -210,6 +210,8 @@ def test_each_check_fails_on_numbers_that_should_fail_it(check, args):
     ("falls_with_eps", ([0.0, 0.1, 0.3], [0.9, 0.5, 0.0], 100, 0.1)),
     ("sampling_under_attack", (0.2, 0.2, 1e-6)),
     ("sampling_under_attack", (0.0, 0.0, 1e-6)),
+    ("transfer_not_stronger", ([0.3], [0.0], [0.0], 100)),  # 0 vs 0 (the Wilson bound at k = 0 is 7e-18)
+    ("gradient_free_not_stronger", (0.3, 0.0, 0.0, 50, 1000)),
 ])
 def test_each_check_passes_on_sound_numbers(check, args):
     from stf_eval.suites import adversarial_checks

@@ -36,8 +36,10 @@ class Check:
 
 
 def interval(acc: float, n: int) -> tuple[float, float]:
-    """95% Wilson interval of an accuracy over n examples (k rounded from acc * n)."""
-    return proportion_interval(int(round(acc * n)), n)
+    """95% Wilson interval of an accuracy over n examples (k rounded from acc * n), clipped to contain acc
+    (at k = 0 or n statsmodels is off by ~1e-17, which would fail a check comparing 0 with 0)."""
+    lo, hi = proportion_interval(int(round(acc * n)), n)
+    return min(lo, acc), max(hi, acc)
 
 
 # -- pure decisions ---------------------------------------------------------------------------------
