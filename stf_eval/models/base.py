@@ -6,8 +6,9 @@ exposes:
 * ``sample_logits(x, S)`` -> Tensor[S, B, C], differentiable (the one method a plugin must write);
 * ``predict_samples(x)`` -> Tensor[S, N, C] on the CPU, no grad, batched, with the evaluation S;
 * ``predictive(S)`` -> an ``nn.Module`` mapping x to log(mean_s softmax(logits_s)): the deployed
-  predictive that attacks and membership attackers query (expectation over transformation in closed
-  form for stochastic models).
+  predictive that attacks and membership attackers query. For a stochastic model each call draws S
+  fresh samples: a Monte-Carlo average over S samples (expectation over transformation estimated
+  with S samples per call, not a closed form).
 
 Sampling never depends on ``train()``/``eval()``: attack libraries call ``eval()`` and stochastic
 models must keep sampling; batch-norm always uses its running statistics at evaluation.

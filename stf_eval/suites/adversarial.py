@@ -1,13 +1,18 @@
-"""Adversarial robustness: FGSM / PGD (torchattacks) over an eps sweep, sanity checks, detection AUROC.
+"""Adversarial robustness: FGSM / PGD / AutoAttack (torchattacks) over an eps sweep, checks, detection AUROC.
 
 Protocol (docs/adversarial.md):
 * a fixed, seeded subset of the test split is attacked (``n_examples``, ``subset_seed``);
 * the attacked module is the deployed predictive, log of the mean softmax over S samples; a random
-  predictive (two calls differ) gets ``attack_samples`` fresh samples per call, sampling on
-  (expectation over transformation); a fixed one (deterministic net, ensemble) is attacked whole;
+  predictive (two calls differ) gets ``attack_samples`` fresh samples per call, sampling on (EOT as
+  a Monte-Carlo average over S samples per step); a fixed one (deterministic net, ensemble) is
+  attacked whole;
+* every eps is attacked from scratch; every attack's randomness is seeded from (cell seed, attack,
+  eps, what is attacked) on the model's device;
 * adversarial examples of a random predictive are re-evaluated ``reevaluations`` times with fresh
-  samples at the evaluation S; ``robust_accuracy`` is the mean, ``robust_accuracy_std`` the std;
-* sanity checks after Carlini et al. (2019) are records with metric ``sanity_check`` (1 pass, 0 fail).
+  samples at the evaluation S; ``robust_accuracy`` is the mean with a binomial interval over the
+  examples, ``robust_accuracy_std`` the std over re-evaluations; ``attack = "union"`` is the
+  per-example worst case over every attack run at that eps;
+* sanity checks that can fail (adversarial_checks.py) are records with metric ``sanity_check``.
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ from .. import attacks
 from ..metrics.predictive import energy, entropy, mean_probs, mutual_information
 from ..params import require
 from ..registry import SUITES
+from ..seeding import seeded
+from . import adversarial_checks as checks
 from .base import SuitePlugin
 
 Score = Literal["msp", "entropy", "mutual_information", "energy"]
-#: share of examples whose input gradient must be non-zero for the gradients_nonzero check
-MIN_NONZERO_GRADIENT_SHARE = 0.9
 #: probabilities of two calls differing by more than this: the predictive samples (float noise is ~1e-7)
 SPREAD_TOLERANCE = 1e-6
 
@@ -44,45 +49,48 @@ class AdversarialParams:
     pgd_random_start: bool = True
     attack_samples: int = 8  # S of the attacked predictive (random predictives)
     reevaluations: int = 5  # R fresh evaluations of each adversarial set (random predictives)
-    batch_size: int = 512  # inputs per attack forward pass, counting the S samples (examples = this // S)
-    reuse_smaller_eps: bool = True  # PGD/AutoAttack attack only what survived the next smaller eps
-    autoattack_version: Literal["standard", "rand", "plus"] = "standard"
+    batch_size: int = 0  # examples per attack batch; 0 = sized from the attack's S by the model
+    autoattack_version: Literal["auto", "standard", "rand", "plus"] = "auto"  # auto: rand if random, else standard
+    autoattack_eps: tuple[float, ...] = ()  # eps AutoAttack runs at; empty = every sweep eps
+    noise_baseline: bool = True  # random sign noise at every eps (an attack row, and a sanity check)
     detection_scores: tuple[Score, ...] = ("msp", "entropy", "mutual_information", "energy")
     sanity_checks: bool = True
-    large_eps: float = 0.5  # extra PGD radius for accuracy_falls_at_large_eps (0: largest sweep eps)
-    large_eps_max_accuracy: float = 0.1  # that check passes when PGD accuracy there is at most this
-    sanity_tolerance: float = 0.03  # slack (plus twice the re-evaluation std) in comparisons of attacks
+    check_examples: int = 100  # first subset examples the convergence and gradient checks use
+    check_samples_factor: int = 4  # converged_in_samples: attack S x this
+    check_steps_factor: int = 5  # converged_in_steps: PGD steps x this ...
+    check_restarts: int = 2  # ... with this many restarts, best iterate kept
+    gradient_ratio_min: float = 0.01  # gradient_norm_vs_base passes at a median-norm ratio >= this
+    large_eps: float = 0.5  # extra PGD radius for accuracy_falls_with_eps (0: largest sweep eps)
+    large_eps_max_accuracy: float = 0.1  # that check needs PGD accuracy there at most this
     transfer_check: bool = True
-    square_queries: int = 100  # gradient-free (Square) check; 0 = off
-    square_examples: int = 100
+    square_queries: int = 1000  # gradient-free check (Square); below 500 the check is not run
+    square_examples: int = 50
     example_pairs: int = 6  # clean/adversarial pairs in the figure; 0 = no figure
 
     def check(self) -> None:
         require(len(self.attacks) > 0, "attacks", "at least one of 'fgsm', 'pgd', 'autoattack'", self.attacks)
         require(len(self.eps) > 0 and all(0.0 <= e <= 1.0 for e in self.eps), "eps",
                 "a non-empty list of numbers in [0, 1]", list(self.eps))
-        require(self.n_examples >= 0, "n_examples", "0 (all) or a positive integer", self.n_examples)
-        require(self.pgd_steps >= 1, "pgd_steps", "an integer >= 1", self.pgd_steps)
+        require(all(e in self.eps for e in self.autoattack_eps), "autoattack_eps", "eps taken from 'eps'",
+                list(self.autoattack_eps))
+        for key in ("pgd_steps", "pgd_restarts", "attack_samples", "reevaluations", "check_examples",
+                    "check_samples_factor", "check_steps_factor", "check_restarts", "square_examples"):
+            require(getattr(self, key) >= 1, key, "an integer >= 1", getattr(self, key))
+        for key in ("n_examples", "batch_size", "square_queries", "example_pairs"):
+            require(getattr(self, key) >= 0, key, "0 or a positive integer", getattr(self, key))
         require(self.pgd_step_scale > 0, "pgd_step_scale", "a positive number", self.pgd_step_scale)
-        require(self.pgd_restarts >= 1, "pgd_restarts", "an integer >= 1", self.pgd_restarts)
-        require(self.attack_samples >= 1, "attack_samples", "an integer >= 1", self.attack_samples)
-        require(self.reevaluations >= 1, "reevaluations", "an integer >= 1", self.reevaluations)
-        require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        require(self.gradient_ratio_min >= 0, "gradient_ratio_min", "a number >= 0", self.gradient_ratio_min)
         require(0.0 <= self.large_eps <= 1.0, "large_eps", "a number in [0, 1]", self.large_eps)
         require(0.0 <= self.large_eps_max_accuracy <= 1.0, "large_eps_max_accuracy", "a number in [0, 1]",
                 self.large_eps_max_accuracy)
-        require(0.0 <= self.sanity_tolerance <= 1.0, "sanity_tolerance", "a number in [0, 1]",
-                self.sanity_tolerance)
-        require(self.square_queries >= 0, "square_queries", "0 (off) or a positive integer", self.square_queries)
-        require(self.square_examples >= 1, "square_examples", "an integer >= 1", self.square_examples)
-        require(self.example_pairs >= 0, "example_pairs", "an integer >= 0", self.example_pairs)
 
 
 @dataclass
 class Outcome:
-    """One attack at one eps: the adversarial inputs and the correctness of each re-evaluation."""
+    """One attack at one eps: the adversarial inputs and the predictions of each re-evaluation."""
 
     x_adv: torch.Tensor
+    pred: np.ndarray  # [R, n] predicted class
     correct: np.ndarray  # [R, n] bool
     logits: torch.Tensor  # [S, n, C] of the first re-evaluation
 
@@ -101,14 +109,15 @@ class Outcome:
 
 @SUITES.register("adversarial")
 class Adversarial(SuitePlugin):
-    """FGSM/PGD robust accuracy over eps on the deployed predictive (EOT), sanity checks, detection AUROC."""
+    """FGSM/PGD/AutoAttack robust accuracy over eps on the deployed predictive, checks, detection AUROC."""
 
     Params = AdversarialParams
     metrics = ("clean_accuracy", "robust_accuracy", "robust_accuracy_std", "adv_detection_auroc",
                "sanity_check")
     tiny = {"eps": [0.0, 0.1, 0.3], "n_examples": 48, "pgd_steps": 5, "attack_samples": 2,
-            "reevaluations": 2, "large_eps": 0.0, "square_queries": 20, "square_examples": 16,
-            "example_pairs": 3}
+            "reevaluations": 2, "large_eps": 0.0, "square_queries": 500, "square_examples": 16,
+            "check_examples": 32, "check_samples_factor": 2, "check_steps_factor": 2, "example_pairs": 3}
+    tolerance = SPREAD_TOLERANCE
 
     def skip_reason(self, model, data):
         if not model.capabilities().differentiable:
@@ -119,40 +128,56 @@ class Adversarial(SuitePlugin):
     def run(self, model, data, ctx) -> None:
         p = self.params
         self.model, self.ctx = model, ctx
-        idx = self._subset(len(data.test))
-        self.x, self.y = data.test.x[idx], data.test.y[idx]
-        self.clean_logits = ctx.samples("test")[:, torch.as_tensor(idx)]
-        self.clean_acc = float((mean_probs(self.clean_logits).argmax(1) == self.y.numpy()).mean())
+        self.idx = self._subset(len(data.test))
+        self.x, self.y = data.test.x[self.idx], data.test.y[self.idx]
+        self.clean_logits = ctx.samples("test")[:, torch.as_tensor(self.idx)]
+        self.clean_pred = mean_probs(self.clean_logits).argmax(1)
+        self.clean_acc = float((self.clean_pred == self.y.numpy()).mean())
         # A random predictive (two calls differ) is attacked with EOT at attack_samples and re-evaluated
         # R times; a fixed one (deterministic net, ensemble members) is attacked whole, at its own S.
-        self.spread = attacks.output_spread(model.predictive(model.n_samples), self.x[:16])
+        with seeded(ctx.seed, "adversarial", "spread", device=model.device):
+            self.spread = attacks.output_spread(model.predictive(model.n_samples), self.x[:16])
         self.random = self.spread > SPREAD_TOLERANCE
         self.reevals = p.reevaluations if self.random else 1
         self.attack_s = p.attack_samples if self.random else model.n_samples
         self.predictive = model.predictive(self.attack_s)
+        version = p.autoattack_version if p.autoattack_version != "auto" else ("rand" if self.random else "standard")
         self.settings = attacks.AttackSettings(
             steps=p.pgd_steps, step_scale=p.pgd_step_scale, random_start=p.pgd_random_start,
-            restarts=p.pgd_restarts, batch_size=max(1, p.batch_size // self.attack_s),
-            n_classes=data.num_classes, seed=ctx.seed, autoattack_version=p.autoattack_version,
+            restarts=p.pgd_restarts, batch_size=p.batch_size or model.prediction_batch_size(self.attack_s),
+            n_classes=data.num_classes, seed=ctx.seed, autoattack_version=version,
             square_queries=p.square_queries)
-        n = len(idx)
-        ctx.record("clean_accuracy", self.clean_acc, n=n)
+        n = len(self.idx)
+        ctx.record("clean_accuracy", self.clean_acc, n=n, **checks._ci(self.clean_acc, n))
         ctx.note(f"{n} seeded test examples (subset_seed {p.subset_seed}); attacked predictive S = "
                  f"{self.attack_s}, evaluation S = {model.n_samples}, re-evaluations R = {self.reevals}; "
-                 f"PGD {p.pgd_steps} steps, step {p.pgd_step_scale:g}*eps/steps, {p.pgd_restarts} restart(s)")
+                 f"PGD {p.pgd_steps} steps, step {p.pgd_step_scale:g}*eps/steps, {p.pgd_restarts} restart(s); "
+                 f"{self.settings.batch_size} examples per attack batch; every eps attacked from scratch")
+        if "autoattack" in p.attacks:
+            ctx.note(f"AutoAttack version '{version}' ("
+                     + ("APGD-CE and APGD-DLR with EOT over 20 calls of the S-sample predictive: the predictive is random"
+                        if version == "rand" else "APGD-CE, APGD-T, FAB-T, Square") + ")")
 
         self.eps = sorted(set(p.eps))
         self._n_attacks = 0
         self.results: dict[tuple[str, float], Outcome] = {}
         for name in p.attacks:
-            previous = None
             for eps in self.eps:
-                out = self._attack(name, self.predictive, eps, start_from=self._reusable(name, previous))
-                self.results[(name, eps)] = previous = out
-                self._record_accuracy(name, eps, out, n)
+                if name == "autoattack" and p.autoattack_eps and eps not in p.autoattack_eps:
+                    continue
+                self.results[(name, eps)] = out = self.attack(name, self.predictive, eps)
+                self._record_accuracy(name, eps, out)
                 self._record_detection(name, eps, out)
+        if p.noise_baseline:
+            for eps in (e for e in self.eps if e > 0):
+                self.results[("noise", eps)] = out = self.attack("noise", self.predictive, eps)
+                self._record_accuracy("noise", eps, out)
+        if p.transfer_check:
+            self._transfer()
+        self._record_union()
         if p.sanity_checks:
-            self._sanity_checks()
+            checks.run_checks(self)
+        self._save_examples()
         self._figures()
 
     def _subset(self, n_test: int) -> np.ndarray:
@@ -162,195 +187,115 @@ class Adversarial(SuitePlugin):
         rng = np.random.default_rng(self.params.subset_seed)
         return np.sort(rng.choice(n_test, size=n, replace=False))
 
-    def _reusable(self, name: str, previous: Outcome | None) -> Outcome | None:
-        return previous if self.params.reuse_smaller_eps and name in ("pgd", "autoattack") else None
+    def white_box_at(self, eps: float) -> list[str]:
+        return [a for a in attacks.WHITE_BOX if (a, eps) in self.results]
 
-    def _attack(self, name: str, module, eps: float, x=None, y=None, reevals=None, settings=None,
-                start_from: Outcome | None = None) -> Outcome:
-        """Attack (all of, or the survivors of ``start_from`` among) x at ``eps``; evaluate R times.
-
-        An adversarial example found at a smaller eps lies inside the larger eps-ball, so examples
-        that ``start_from`` fooled in every evaluation keep it and are not attacked again.
-        """
+    def attack(self, name: str, module, eps: float, x=None, y=None, reevals=None, settings=None,
+               purpose: tuple = ()) -> Outcome:
+        """Attack x (default: the subset) at ``eps`` from scratch; evaluate R times at the evaluation S."""
         x = self.x if x is None else x
         y = self.y if y is None else y
-        settings = settings or self.settings
-        if start_from is None:
-            x_adv = attacks.run(name, module, x, y, eps, settings)
-        else:
-            x_adv = start_from.x_adv.clone()
-            todo = torch.as_tensor(start_from.correct.any(axis=0))
-            if todo.any():
-                x_adv[todo] = attacks.run(name, module, x[todo], y[todo], eps, settings)
+        x_adv = attacks.run(name, module, x, y, eps, settings or self.settings,
+                            purpose=(self.ctx.suite, self.ctx.model_name, len(x), *purpose))
         self._n_attacks += 1  # keys stay unique in the cell's prediction memo, also across suite instances
         key = f"{self.ctx.suite}:{name}@{eps:g}:{self._n_attacks}"
         return self._evaluate(key, x_adv, y, reevals or self.reevals)
 
     def _evaluate(self, key: str, x_adv: torch.Tensor, y: torch.Tensor, reevals: int) -> Outcome:
         """R fresh evaluations at the evaluation S, through the context (one forward pass per key)."""
-        correct, first = [], None
+        preds, first = [], None
         for r in range(reevals):
             logits = self.ctx.samples_of(f"adversarial:{key}:r{r}", x_adv)
             first = logits if first is None else first
-            correct.append(mean_probs(logits).argmax(1) == y.numpy())
-        return Outcome(x_adv=x_adv, correct=np.stack(correct), logits=first)
+            preds.append(mean_probs(logits).argmax(1))
+        pred = np.stack(preds)
+        return Outcome(x_adv=x_adv, pred=pred, correct=pred == y.numpy()[None], logits=first)
 
-    def _record_accuracy(self, name: str, eps: float, out: Outcome, n: int) -> None:
-        r = len(out.accuracies)
-        if r > 1 or not self.random:
-            note = f"mean of R={r} evaluations, std {out.std:.4f}"
-            self.ctx.record("robust_accuracy", out.mean, attack=name, eps=eps, n=n, note=note)
-            self.ctx.record("robust_accuracy_std", out.std, attack=name, eps=eps, n=n)
-        else:  # a check's single evaluation of a random predictive: no spread to report
-            self.ctx.record("robust_accuracy", out.mean, attack=name, eps=eps, n=n,
-                            note="one evaluation (sanity check)")
+    def _record_accuracy(self, name: str, eps: float, out: Outcome) -> None:
+        n, r = out.correct.shape[1], len(out.accuracies)
+        self.ctx.record("robust_accuracy", out.mean, attack=name, eps=eps, n=n, **checks._ci(out.mean, n),
+                        note=f"mean of R={r} evaluations, std {out.std:.4f}; 95% Wilson interval over the {n} "
+                             f"examples")
+        self.ctx.record("robust_accuracy_std", out.std, attack=name, eps=eps, n=n)
+
+    def _record_union(self) -> None:
+        """Worst case per example: robust only if it survives every attack run at that eps, every evaluation."""
+        self.union = {}
+        for eps in self.eps:
+            names = [a for a in (*self.params.attacks, "pgd_transfer", "noise") if (a, eps) in self.results]
+            if not names:
+                continue
+            survived = np.all([self.results[(a, eps)].correct.all(axis=0) for a in names], axis=0)
+            self.union[eps] = survived
+            acc, n = float(survived.mean()), len(survived)
+            self.ctx.record("robust_accuracy", acc, attack="union", eps=eps, n=n, **checks._ci(acc, n),
+                            note=f"per-example worst case over {', '.join(names)} (every re-evaluation)")
 
     def _record_detection(self, name: str, eps: float, out: Outcome) -> None:
+        """AUROC of uncertainty between correctly classified clean inputs and *successful* adversarials
+        (clean prediction correct, adversarial prediction wrong in the first re-evaluation)."""
         if eps <= 0:
             return  # adversarial = clean inputs; nothing to detect
         from sklearn.metrics import roc_auc_score
 
-        labels = np.r_[np.zeros(len(self.y)), np.ones(len(self.y))]  # adversarial = positive
+        y = self.y.numpy()
+        clean_ok = self.clean_pred == y
+        success = clean_ok & (out.pred[0] != y)
+        k = int(success.sum())
+        if k == 0 or not clean_ok.any():
+            self.ctx.note(f"adv_detection_auroc for {name} at eps {eps:g} not computed: "
+                          f"{k} successful adversarial examples")
+            return
+        labels = np.r_[np.zeros(int(clean_ok.sum())), np.ones(k)]  # adversarial = positive
         for score in self.params.detection_scores:
             if score == "mutual_information" and self.model.n_samples == 1:
                 continue  # identically 0 for one sample: the AUROC would be 0.5 by construction
-            values = np.r_[_uncertainty(score, self.clean_logits), _uncertainty(score, out.logits)]
+            values = np.r_[_uncertainty(score, self.clean_logits[:, clean_ok]),
+                           _uncertainty(score, out.logits[:, success])]
             self.ctx.record("adv_detection_auroc", roc_auc_score(labels, values), attack=name, eps=eps,
-                            score=score, n=len(labels))
+                            score=score, n=k, note=f"{k} successful adversarial vs {int(clean_ok.sum())} "
+                                                   f"correctly classified clean examples")
 
-    # -- sanity checks ------------------------------------------------------------------------
-    def _check(self, name: str, passed: bool, note: str) -> None:
-        self.ctx.record("sanity_check", 1.0 if passed else 0.0, attack=name, note=note)
-
-    def _strongest(self, eps: float) -> Outcome:
-        """The white-box outcome with the lowest mean accuracy at ``eps``."""
-        return min((self.results[(a, eps)] for a in self.params.attacks), key=lambda o: o.mean)
-
-    def _slack(self, *outcomes: Outcome) -> float:
-        return self.params.sanity_tolerance + 2 * max(o.std for o in outcomes)
-
-    def _sanity_checks(self) -> None:
-        p = self.params
-        self._check_large_eps()
-        if "fgsm" in p.attacks and "pgd" in p.attacks:
-            bad = []
-            for eps in self.eps:
-                f, g = self.results[("fgsm", eps)], self.results[("pgd", eps)]
-                if g.mean > f.mean + self._slack(f, g):
-                    bad.append(eps)
-            pairs = ", ".join(f"eps {e:g}: PGD {self.results[('pgd', e)].mean:.3f} vs FGSM "
-                              f"{self.results[('fgsm', e)].mean:.3f}" for e in self.eps)
-            self._check("pgd_at_least_fgsm", not bad, pairs + (f"; fails at eps {bad}" if bad else ""))
-        else:
-            self.ctx.note("sanity check pgd_at_least_fgsm skipped: needs both 'fgsm' and 'pgd' in attacks")
-        if p.transfer_check:
-            self._check_transfer()
-        self._check_gradients()
-        self._check_eot()
-        if p.square_queries > 0:
-            self._check_gradient_free()
-
-    def _check_large_eps(self) -> None:
-        p = self.params
-        large = max(p.large_eps, self.eps[-1])
-        if ("pgd", large) in self.results:
-            out = self.results[("pgd", large)]
-        else:  # one evaluation suffices for a threshold check
-            out = self._attack("pgd", self.predictive, large, reevals=1,
-                               start_from=self._reusable("pgd", self.results.get(("pgd", self.eps[-1]))))
-        passed = out.mean <= p.large_eps_max_accuracy
-        self._check("accuracy_falls_at_large_eps", passed,
-                    f"PGD accuracy {out.mean:.3f} at eps {large:g} (pass if <= {p.large_eps_max_accuracy:g})")
-
-    def _check_transfer(self) -> None:
+    def _transfer(self) -> None:
+        """PGD on the model's deterministic base, fed to the model (``pgd_transfer``), at every eps > 0."""
         base = self.model.deterministic_base()
-        if base is None:
-            self.ctx.note("sanity check transfer_not_stronger skipped: the model has no deterministic base")
-            return
-        if [id(net) for net in self.model.networks()] == [id(base)]:
-            self.ctx.note("sanity check transfer_not_stronger skipped: the deterministic base is the "
-                          "attacked network itself")
+        if base is None or [id(net) for net in self.model.networks()] == [id(base)]:
+            self.ctx.note("pgd_transfer not run: the model has no deterministic base, or it is the attacked "
+                          "network itself")
             return
         surrogate = attacks.LogSoftmax(base).eval()
-        settings = dataclasses.replace(self.settings, batch_size=self.params.batch_size)
-        bad, parts = [], []
+        settings = dataclasses.replace(self.settings, batch_size=self.model.prediction_batch_size(1))
         for eps in (e for e in self.eps if e > 0):
-            transfer = self._attack("pgd", surrogate, eps, reevals=1, settings=settings)
-            white = self._strongest(eps)
-            self.results[("pgd_transfer", eps)] = transfer
-            self._record_accuracy("pgd_transfer", eps, transfer, len(self.y))
-            parts.append(f"eps {eps:g}: transfer {transfer.mean:.3f} vs white-box {white.mean:.3f}")
-            if transfer.mean < white.mean - self._slack(transfer, white):
-                bad.append(eps)
-        if parts:
-            self._check("transfer_not_stronger", not bad,
-                        "; ".join(parts) + (f"; transfer stronger at eps {bad}" if bad else ""))
+            self.results[("pgd_transfer", eps)] = out = self.attack("pgd", surrogate, eps, settings=settings,
+                                                                    purpose=("transfer",))
+            self._record_accuracy("pgd_transfer", eps, out)
 
-    def _check_gradients(self) -> None:
-        n = min(len(self.x), 100)
-        grad = attacks.input_gradients(self.predictive, self.x[:n], self.y[:n])
-        finite = bool(torch.isfinite(grad).all())
-        norms = grad.flatten(1).abs().sum(dim=1)
-        share = float((norms > 0).float().mean())
-        passed = finite and share >= MIN_NONZERO_GRADIENT_SHARE
-        self._check("gradients_nonzero", passed,
-                    f"{'finite' if finite else 'NON-FINITE'} input gradients; non-zero for {share:.0%} of "
-                    f"{n} examples (pass if >= {MIN_NONZERO_GRADIENT_SHARE:.0%}); median L1 norm "
-                    f"{float(norms.median()):.3g}")
-
-    def _check_eot(self) -> None:
-        if self.random:
-            self._check("eot_in_use", self.attack_s > 1,
-                        f"random predictive: two eval-mode calls differ by up to {self.spread:.3g} in "
-                        f"probability (sampling stays on); attacked with EOT over S = {self.attack_s} "
-                        f"samples per step (must be > 1)")
-            return
-        if not self.model.stochastic:
-            self._check("eot_in_use", True, "deterministic model: EOT not needed (two calls of the "
-                        "predictive agree)")
-            return
-        probe = self.x[:16]
-        if attacks.output_spread(self.predictive, probe, dropout_on=True) > SPREAD_TOLERANCE:
-            self._check("eot_in_use", False, "declared stochastic, but its dropout layers stop sampling "
-                        "in eval(), which attack libraries call: the attack saw a deterministic model")
-        elif attacks.sample_spread(self.model, probe) > SPREAD_TOLERANCE:
-            self._check("eot_in_use", True, f"fixed samples (e.g. ensemble members): the whole deployed "
-                        f"predictive (S = {self.attack_s}) is attacked; EOT not needed")
-        else:
-            self._check("eot_in_use", False, "declared stochastic, but two calls agree and its samples "
-                        "are identical: sampling is switched off")
-
-    def _check_gradient_free(self) -> None:
-        eps_list = [e for e in self.eps if e > 0]
-        if not eps_list:
-            return
-        eps = eps_list[(len(eps_list) - 1) // 2]  # a middle radius: at the largest both usually reach ~0
-        m = min(self.params.square_examples, len(self.x))
-        square = self._attack("square", self.predictive, eps, self.x[:m], self.y[:m], reevals=1)
-        white = self._strongest(eps)
-        white_acc = float(white.correct[:, :m].mean())
-        white_std = float(white.correct[:, :m].mean(axis=1).std(ddof=1)) if len(white.correct) > 1 else 0.0
-        self.ctx.record("robust_accuracy", square.mean, attack="square", eps=eps, n=m,
-                        note=f"{self.params.square_queries} queries, first {m} examples of the subset, "
-                             f"one evaluation")
-        slack = self.params.sanity_tolerance + 2 * white_std
-        passed = square.mean >= white_acc - slack
-        self._check("gradient_free_not_stronger", passed,
-                    f"eps {eps:g}, {m} examples: Square ({self.params.square_queries} queries) "
-                    f"{square.mean:.3f} vs white-box {white_acc:.3f}")
+    def _save_examples(self) -> None:
+        arrays = {"index": self.idx.astype(np.int32), "label": self.y.numpy().astype(np.int16),
+                  "clean/pred": self.clean_pred.astype(np.int16)}
+        for (name, eps), out in self.results.items():
+            arrays[f"{name}/{eps:g}/pred"] = out.pred.astype(np.int16)
+            arrays[f"{name}/{eps:g}/correct"] = out.correct
+        for eps, survived in self.union.items():
+            arrays[f"union/{eps:g}/correct"] = survived
+        self.ctx.save_examples(arrays)
 
     # -- figures ------------------------------------------------------------------------------
     def _figures(self) -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(5, 3.6))
-        for name in list(self.params.attacks) + ["pgd_transfer"]:
+        for name in [*self.params.attacks, "pgd_transfer", "noise"]:
             eps = [e for e in self.eps if e > 0 and (name, e) in self.results]
             if not eps:
                 continue
             outs = [self.results[(name, e)] for e in eps]
             ax.errorbar([0.0] + eps, [self.clean_acc] + [o.mean for o in outs], yerr=[0.0] + [o.std for o in outs],
-                        marker="o", capsize=3, label=name, linestyle="--" if name == "pgd_transfer" else "-")
+                        marker="o", capsize=3, label=name, linestyle="-" if name in self.params.attacks else "--")
+        union = sorted(e for e in self.union if e > 0)
+        if union:
+            ax.plot([0.0, *union], [self.clean_acc, *(float(self.union[e].mean()) for e in union)], color="black",
+                    marker="s", linestyle=":", label="union (worst case)")
         ax.set_xlabel("eps (L-inf, pixel units)")
         ax.set_ylabel("robust accuracy")
         ax.set_ylim(-0.02, 1.02)
