@@ -8,6 +8,7 @@ trained weights. That clean network is what the checkpoint cache stores; the pri
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ from ..params import as_dict, require
 from ..registry import MODELS
 from .base import Capabilities, ModelPlugin
 
+# Input normalisation of every DP-trained net (and of its non-private twin): fixed constants, not the
+# training split's mean/std, which would leak private data outside the DP accounting. Pixels are in [0, 1].
+FIXED_MEAN, FIXED_STD = 0.5, 0.5
 GRAD_SAMPLE_PREFIX = "_module."  # opacus' GradSampleModule stores the wrapped net under this name
 # expected and harmless here: no secure RNG (seeded runs), hooks on the input layer, RDP order range
 QUIET_OPACUS_WARNINGS = ("Secure RNG turned off", "Full backward hook is firing",
@@ -61,11 +65,33 @@ def dp_compatible_net(net: nn.Module) -> nn.Module:
     return fixed
 
 
+def fixed_normalisation_net(ctx, data) -> nn.Module:
+    """The [net] of ``ctx`` normalising its input with FIXED_MEAN/FIXED_STD per channel (no data statistics)."""
+    from ..nets.common import build_net
+
+    channels = data.input_shape[0]
+    return build_net(ctx.net, data.input_shape, data.num_classes, (FIXED_MEAN,) * channels,
+                     (FIXED_STD,) * channels)
+
+
 def clean_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """State dict of an opacus-wrapped module with the GradSampleModule prefix stripped."""
     n = len(GRAD_SAMPLE_PREFIX)
     return {(k[n:] if k.startswith(GRAD_SAMPLE_PREFIX) else k): v.detach().clone()
             for k, v in module.state_dict().items()}
+
+
+def non_private_loader(loader):
+    """``loader`` with opacus' Poisson sampling (as make_private uses), for training without DP.
+
+    Its ``expected_batch_size`` is what opacus divides the summed clipped gradients by; the twin divides
+    its summed loss by the same number, so without clipping and noise the two steps are identical.
+    """
+    from opacus.data_loader import DPDataLoader
+
+    poisson = DPDataLoader.from_data_loader(loader)
+    poisson.expected_batch_size = max(1, int(len(loader.dataset) * poisson.sample_rate))
+    return poisson
 
 
 @MODELS.register("dp_sgd")
@@ -75,23 +101,25 @@ class DpSgd(ModelPlugin):
     Params = DpSgdParams
     stochastic = False
     tiny = {"epochs": 3, "batch_size": 64, "target_epsilon": 8.0, "accountant": "rdp"}  # rdp: faster search
+    private = True  # False: the same recipe without clipping and noise (the sgd_twin control)
 
     def fit(self, data):
         p = self.params
         n_train = len(data.train)
-        self.delta = p.delta or min(1e-5, 1.0 / n_train)
+        self.delta = getattr(p, "delta", 0.0) or min(1e-5, 1.0 / n_train)  # sgd_twin has no delta
         torch.manual_seed(self.ctx.seed)
         # the architecture opacus can train; the evaluated net is a fresh instance of it
-        self.net = dp_compatible_net(self.ctx.new_net(data))
-        spec = self.ctx.key_spec(data, kind="dp_sgd", params=as_dict(p), delta=self.delta)
+        self.net = dp_compatible_net(fixed_normalisation_net(self.ctx, data))
+        spec = self.ctx.key_spec(data, kind="dp_sgd", params=as_dict(p), delta=self.delta,
+                                 normalisation=[FIXED_MEAN, FIXED_STD], private=self.private)
 
         def train():
             return self._train_private(data, n_train)
 
         seconds, cached, meta = self.ctx.cached(spec, self.net, train)
         self.record_stage("train", {**meta, "seconds": seconds, "cached": cached})
-        self.epsilon = float(meta["dp_epsilon"])
-        self.noise_multiplier = float(meta["noise_multiplier"])
+        self.epsilon = float(meta.get("dp_epsilon", math.inf))  # the non-private twin: no budget
+        self.noise_multiplier = float(meta.get("noise_multiplier", 0.0))
         self.net.eval()
         return self
 
@@ -100,7 +128,7 @@ class DpSgd(ModelPlugin):
         from torch.utils.data import DataLoader, TensorDataset
 
         p, device, seed = self.params, self.device, self.ctx.seed
-        work = dp_compatible_net(self.ctx.new_net(data))  # the copy opacus wraps (and leaves hooks on)
+        work = dp_compatible_net(fixed_normalisation_net(self.ctx, data))  # the copy opacus wraps
         work.load_state_dict(self.net.state_dict())  # same initialisation as the clean net
         work.to(device).train()
         if p.optimizer == "sgd":
@@ -113,17 +141,21 @@ class DpSgd(ModelPlugin):
             for message in QUIET_OPACUS_WARNINGS:
                 warnings.filterwarnings("ignore", message=message)
             start = time.perf_counter()  # the noise-multiplier search is part of the training cost
-            engine = PrivacyEngine(accountant=p.accountant)
-            private, opt, loader = engine.make_private_with_epsilon(
-                module=work, optimizer=opt, data_loader=loader, target_epsilon=p.target_epsilon,
-                target_delta=self.delta, epochs=p.epochs, max_grad_norm=p.max_grad_norm,
-                noise_generator=torch.Generator(device=device).manual_seed(seed + 1))
+            if self.private:
+                engine = PrivacyEngine(accountant=p.accountant)
+                private, opt, loader = engine.make_private_with_epsilon(
+                    module=work, optimizer=opt, data_loader=loader, target_epsilon=p.target_epsilon,
+                    target_delta=self.delta, epochs=p.epochs, max_grad_norm=p.max_grad_norm,
+                    noise_generator=torch.Generator(device=device).manual_seed(seed + 1))
+            else:
+                private, loader = work, non_private_loader(loader)
             for _ in range(p.epochs):
                 for xb, yb in loader:
                     xb, yb = xb.to(device), yb.to(device)
                     opt.zero_grad(set_to_none=True)
                     # mean over the batch; an empty Poisson batch gives 0 (its noisy step still happens)
-                    loss = F.cross_entropy(private(xb), yb, reduction="sum") / max(len(yb), 1)
+                    loss = F.cross_entropy(private(xb), yb, reduction="sum") / (
+                        max(len(yb), 1) if self.private else loader.expected_batch_size)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"dp_sgd: training loss became {loss.item()}")
                     loss.backward()
@@ -131,6 +163,9 @@ class DpSgd(ModelPlugin):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - start
+            if not self.private:
+                self.net.load_state_dict(work.state_dict())
+                return seconds, {"private": False}
             epsilon = float(engine.get_epsilon(self.delta))
         self.net.load_state_dict(clean_state_dict(private))
         meta = {"dp_epsilon": epsilon, "dp_delta": self.delta, "accountant": p.accountant,
