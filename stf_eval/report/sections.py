@@ -351,6 +351,15 @@ def build_sections(run, df, models: list[str], figures: str = "first-seed") -> l
         _notes(sec, run, suite)
         _saved_figures(sec, run, suite, models, figures)
         out.append(sec)
+    try:  # models that differ only in the layer made Bayesian (suites/placement.toml)
+        from .placement import placement_section
+
+        placement = placement_section(run, df, models)
+    except Exception as exc:
+        log.warning("report: layer placement section failed: %s: %s", type(exc).__name__, exc)
+        placement = None
+    if placement is not None:
+        out.append(placement)
     return out
 
 
