@@ -391,5 +391,7 @@ def _saved_figures(sec: Section, run, suite: str, models: list[str], which: str)
         entries = kept
     by_name: dict[str, list[Figure]] = {}
     for entry in entries:
-        by_name.setdefault(str(entry.get("name", "figure")), []).append(saved_figure(run.path, entry))
+        # default: the PNG copies (light); --figures all: every seed's figures as vector SVG
+        by_name.setdefault(str(entry.get("name", "figure")), []).append(
+            saved_figure(run.path, entry, raster=which != "all"))
     sec.saved = list(by_name.items())
