@@ -115,9 +115,9 @@ def placement_figure(placed, panels, reference: str | None) -> Figure | None:
         return None
     ncol = min(4, len(panels))
     nrow = math.ceil(len(panels) / ncol)
-    width, height = 3.0 * ncol + 0.4, 2.5 * nrow + 0.5
+    width, height = 3.0 * ncol + 0.4, 2.5 * nrow + 0.8
     fig = _new_figure(width, height)
-    fig.subplots_adjust(left=0.55 / width, right=0.98, bottom=0.7 / height, top=1 - 0.45 / height,
+    fig.subplots_adjust(left=0.55 / width, right=0.98, bottom=0.7 / height, top=1 - 0.75 / height,
                         wspace=0.38, hspace=0.6)
     axes = fig.subplots(nrow, ncol, squeeze=False).flatten()
     labels = [lab for _, lab in placed]
