@@ -102,7 +102,9 @@ class OodDetection(SuitePlugin):
         # legend for the figure; OOD sets differ in colour and line style
         ncol = min(2, len(scores))
         nrow = -(-len(scores) // ncol)
-        fig = Figure(figsize=(4.0 * ncol, 2.9 * nrow + 0.5 + 0.25 * len(score_out)))
+        legend_rows = -(-(len(score_out) + 1) // 3)
+        height = 2.9 * nrow + 0.4 + 0.3 * legend_rows
+        fig = Figure(figsize=(4.0 * ncol, height))
         axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).flatten()
         styles = ["-", "--", ":", "-."]
         for ax, score in zip(axes, scores):
@@ -127,6 +129,6 @@ class OodDetection(SuitePlugin):
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=10, frameon=False)
         fig.suptitle(f"{ctx.model_name}: OOD score histograms (AUROC per set in legend order)", fontsize=11)
-        fig.tight_layout(rect=(0, 0.08 + 0.03 * len(score_out), 1, 1))
+        fig.tight_layout(rect=(0, (0.15 + 0.3 * legend_rows) / height, 1, 1))
         ctx.save_figure(fig, "scores", f"Histograms of each OOD score of {ctx.model_name}: the test split "
                         "against every OOD set (values below the 0.5th percentile drawn at the edge).")
