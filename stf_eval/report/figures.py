@@ -54,12 +54,16 @@ def saved_figure(run_dir: Path, entry: dict, raster: bool = False) -> Figure:
 # -- cross-model figures drawn from records ---------------------------------------------------------
 
 LEGEND_INCHES = 1.7  # right margin kept for the model legend
+# the page shows the report's figures at most 900 px wide (report.css, figure.wide): a wider figure
+# would be scaled down and its 10 pt text would shrink below legibility, so panels get narrower instead
+MAX_WIDTH_INCHES = 900 / 96
 
 
 def _new_figure(width: float, height: float):
     from matplotlib.figure import Figure as MplFigure  # no pyplot: no global state, no GUI backend
 
     # fixed margins: constrained layout would draw every figure twice (seconds per report)
+    width = min(width, MAX_WIDTH_INCHES)
     fig = MplFigure(figsize=(width, height))
     fig.subplots_adjust(left=0.6 / width, right=1 - LEGEND_INCHES / width, bottom=0.5 / height,
                         top=1 - 0.3 / height, wspace=0.12)

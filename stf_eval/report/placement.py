@@ -113,10 +113,11 @@ def placement_figure(placed, panels, reference: str | None) -> Figure | None:
     panels = [p for p in panels if any(m in p[2] for m in models)]
     if not panels:
         return None
-    ncol = min(4, len(panels))
+    ncol = min(3, len(panels))
     nrow = math.ceil(len(panels) / ncol)
     width, height = 3.0 * ncol + 0.4, 2.5 * nrow + 0.8
     fig = _new_figure(width, height)
+    width = float(fig.get_size_inches()[0])  # capped to what the page shows unscaled
     fig.subplots_adjust(left=0.55 / width, right=0.98, bottom=0.7 / height, top=1 - 0.75 / height,
                         wspace=0.38, hspace=0.6)
     axes = fig.subplots(nrow, ncol, squeeze=False).flatten()
