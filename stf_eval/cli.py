@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", help="a run directory holding results.json")
     rep.add_argument("-o", "--output", default=None, help="HTML file to write (default: RUN_DIR/report.html)")
     rep.add_argument("--figures", choices=("first-seed", "all", "none"), default="first-seed",
-                     help="figures saved by the suites to embed: each model's first seed (default), all, none")
+                     help="figures saved by the suites to embed: each model's first seed as PNG (default, light), every seed as SVG (all), none")
 
     cmp = sub.add_parser("compare", parents=common, help="several finished runs side by side in one HTML page",
                          description="Compare finished runs (e.g. two datasets, CPU and GPU, two seed sets): "

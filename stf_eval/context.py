@@ -21,6 +21,21 @@ from .seeding import seeded
 
 log = logging.getLogger("stf_eval")
 
+PNG_DPI = 100  # raster copy of each saved figure: what the report embeds by default (a fraction of the SVG)
+PNG_COLORS = 64  # palette of that copy: plots have few colours; about 3.5x smaller than 24-bit PNG
+
+
+def _save_png(fig, path: Path) -> None:
+    """``fig`` as a palette PNG at PNG_DPI (deterministic: no timestamps, median-cut palette)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=PNG_DPI, bbox_inches="tight")
+    image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    image.quantize(colors=PNG_COLORS, method=Image.Quantize.MEDIANCUT).save(path, format="PNG", optimize=True)
+
 
 class EvalContext:
     def __init__(self, *, model_name: str, model: ModelPlugin, data: DataBundle, seed: int, run_dir: Path,
@@ -87,7 +102,7 @@ class EvalContext:
         self.notes.append({"model": self.model_name, "suite": self.suite, "seed": self.seed, "text": text})
 
     def save_figure(self, fig, name: str, caption: str = "") -> str:
-        """Save a matplotlib figure as SVG under figures/ and list it for the report."""
+        """Save a matplotlib figure as SVG under figures/ (and a PNG raster the report embeds by default)."""
         import matplotlib.pyplot as plt
 
         rel = Path("figures") / f"{self.suite}--{self.model_name}--seed{self.seed}--{name}.svg"
@@ -95,10 +110,14 @@ class EvalContext:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".svg.tmp")
         fig.savefig(tmp, format="svg", bbox_inches="tight")
+        png, png_tmp = path.with_suffix(".png"), path.with_suffix(".png.tmp")
+        _save_png(fig, png_tmp)
         plt.close(fig)
         tmp.replace(path)
+        png_tmp.replace(png)
         self.figures.append({"model": self.model_name, "suite": self.suite, "seed": self.seed, "name": name,
-                             "path": rel.as_posix(), "caption": caption})
+                             "path": rel.as_posix(), "png": rel.with_suffix(".png").as_posix(),
+                             "caption": caption})
         return rel.as_posix()
 
     # -- protocol needs -----------------------------------------------------------------------

@@ -222,3 +222,47 @@ def test_report_renders_cleanly_in_chromium(browser, tmp_path, capsys):
     text = browser.evaluate("document.body.innerText")
     assert "Verdict on the STF-BNN paper" in text and "Summary" in text
     assert "sanity check" in text.lower()
+
+
+# Legibility at a 1400 px wide window: every table fits its box (wraps rather than scrolls or cuts off),
+# the page does not scroll sideways, and the smallest text of every SVG figure, at the size the page
+# shows it, is at least MIN_FIGURE_FONT_PX (font sizes are in viewBox units; scaled by shown/viewBox width).
+MIN_FIGURE_FONT_PX = 9.0
+LEGIBILITY = """(async () => {
+  document.querySelectorAll('details').forEach(d => { d.open = true; });
+  await Promise.all([...document.images].map(i => i.decode().catch(() => null)));
+  const out = {tables: [], fonts: [], page: document.documentElement.scrollWidth};
+  document.querySelectorAll('.tablewrap').forEach(w => {
+    if (w.scrollWidth > w.clientWidth + 1) out.tables.push({scroll: w.scrollWidth, client: w.clientWidth,
+      text: w.innerText.slice(0, 80)}); });
+  for (const img of document.images) {
+    if (!img.src.startsWith('data:image/svg+xml;base64,')) continue;
+    const svg = atob(img.src.split(',')[1]);
+    const vb = /viewBox="[-\\d.]+ [-\\d.]+ ([\\d.]+)/.exec(svg);
+    const sizes = [...svg.matchAll(/font-size(?::\\s*|=")([\\d.]+)/g)].map(m => +m[1]);
+    const r = img.getBoundingClientRect();
+    if (!vb || !sizes.length || !r.width) continue;
+    out.fonts.push({alt: img.alt.slice(0, 80), px: Math.min(...sizes) * r.width / +vb[1]});
+  }
+  return JSON.stringify(out);
+})()"""
+
+
+@needs_chromium
+def test_report_is_legible_at_1400px(browser, tmp_path):
+    from stf_eval.report.html import render_run
+    from stf_eval.report.synthetic import MODELS, write_synthetic_run
+
+    # every model, two seeds (intervals and std in the summary), plus a layer-placement experiment
+    placed = {"stf_1": ["1"], "stf_4": ["4"], "stf_all": "all"}
+    models = {m: spec[0] for m, spec in MODELS.items()} | {m: "stf_bnn" for m in placed}
+    report = render_run(write_synthetic_run(tmp_path / "run", models=models, layers=placed))
+    browser.call("Emulation.setDeviceMetricsOverride", session=True, width=1400, height=900,
+                 deviceScaleFactor=1, mobile=False)
+    browser.open(report.as_uri())
+    seen = json.loads(browser.evaluate(LEGIBILITY))
+    assert seen["page"] <= 1400, f"the page scrolls sideways: {seen['page']} px"
+    assert not seen["tables"], f"tables wider than their box: {seen['tables'][:3]}"
+    assert len(seen["fonts"]) >= 4, seen["fonts"]
+    small = [f for f in seen["fonts"] if f["px"] < MIN_FIGURE_FONT_PX]
+    assert not small, f"figure text below {MIN_FIGURE_FONT_PX} px as shown: {small[:5]}"

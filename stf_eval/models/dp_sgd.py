@@ -16,8 +16,10 @@ hooks form a reference cycle that would otherwise keep it alive until a full gar
 from __future__ import annotations
 
 import gc
+import math
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,6 +33,9 @@ from ..registry import MODELS
 from ..training import StepOptions
 from .base import Capabilities, ModelPlugin
 
+# Input normalisation of every DP-trained net (and of its non-private twin): fixed constants, not the
+# training split's mean/std, which would leak private data outside the DP accounting. Pixels are in [0, 1].
+FIXED_MEAN, FIXED_STD = 0.5, 0.5
 GRAD_SAMPLE_PREFIX = "_module."  # opacus' GradSampleModule stores the wrapped net under this name
 # expected and harmless here: no secure RNG (seeded runs), hooks on the input layer, RDP order range
 QUIET_OPACUS_WARNINGS = ("Secure RNG turned off", "Full backward hook is firing",
@@ -90,6 +95,27 @@ def release_private(private, opt) -> None:
                 delattr(param, attr)
         param.grad = None
     private._close()  # removes the hooks (their partials reference the module: a cycle)
+def fixed_normalisation_net(ctx, data) -> nn.Module:
+    """The [net] of ``ctx`` normalising its input with FIXED_MEAN/FIXED_STD per channel (no data statistics)."""
+    from ..nets.common import build_net
+
+    channels = data.input_shape[0]
+    return build_net(ctx.net, data.input_shape, data.num_classes, (FIXED_MEAN,) * channels,
+                     (FIXED_STD,) * channels)
+
+
+@contextmanager
+def _batches(loader, physical: int, optimizer, private: bool):
+    """DP: opacus' BatchMemoryManager splits each logical (Poisson) batch into physical batches of at
+    most ``physical`` examples (same steps, same epsilon, bounded per-sample-gradient memory).
+    Without DP there are no per-sample gradients to bound: the logical batches as they are."""
+    if not private:
+        yield loader
+        return
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+
+    with BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical, optimizer=optimizer) as out:
+        yield out
 
 
 def clean_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -99,6 +125,19 @@ def clean_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
             for k, v in module.state_dict().items()}
 
 
+def non_private_loader(loader):
+    """``loader`` with opacus' Poisson sampling (as make_private uses), for training without DP.
+
+    Its ``expected_batch_size`` is what opacus divides the summed clipped gradients by; the twin divides
+    its summed loss by the same number, so without clipping and noise the two steps are identical.
+    """
+    from opacus.data_loader import DPDataLoader
+
+    poisson = DPDataLoader.from_data_loader(loader)
+    poisson.expected_batch_size = max(1, int(len(loader.dataset) * poisson.sample_rate))
+    return poisson
+
+
 @MODELS.register("dp_sgd")
 class DpSgd(ModelPlugin):
     """The [net] architecture trained with DP-SGD (opacus) to a target (epsilon, delta)."""
@@ -106,15 +145,17 @@ class DpSgd(ModelPlugin):
     Params = DpSgdParams
     stochastic = False
     tiny = {"epochs": 3, "batch_size": 64, "target_epsilon": 8.0, "accountant": "rdp"}  # rdp: faster search
+    private = True  # False: the same recipe without clipping and noise (the sgd_twin control)
 
     def fit(self, data):
         p = self.params
         n_train = len(data.train)
-        self.delta = p.delta or min(1e-5, 1.0 / n_train)
+        self.delta = getattr(p, "delta", 0.0) or min(1e-5, 1.0 / n_train)  # sgd_twin has no delta
         torch.manual_seed(self.ctx.seed)
         # the architecture opacus can train; the evaluated net is a fresh instance of it
-        self.net = dp_compatible_net(self.ctx.new_net(data))
-        spec = self.ctx.key_spec(data, kind="dp_sgd", params=as_dict(p), delta=self.delta)
+        self.net = dp_compatible_net(fixed_normalisation_net(self.ctx, data))
+        spec = self.ctx.key_spec(data, kind="dp_sgd", params=as_dict(p), delta=self.delta,
+                                 normalisation=[FIXED_MEAN, FIXED_STD], private=self.private)
 
         def train():
             return self._train_private(data, n_train)
@@ -124,18 +165,17 @@ class DpSgd(ModelPlugin):
         self.dp_meta = {k: v for k, v in meta.items() if k.startswith("dp_")}
         if self.ctx.stages_only:  # planning or training stages only: no privacy accounting to read yet
             return self
-        self.epsilon = float(meta["dp_epsilon"])
-        self.noise_multiplier = float(meta["noise_multiplier"])
+        self.epsilon = float(meta.get("dp_epsilon", math.inf))  # the non-private twin: no budget
+        self.noise_multiplier = float(meta.get("noise_multiplier", 0.0))
         self.net.eval()
         return self
 
     def _train_private(self, data, n_train: int) -> tuple[float, dict]:
         from opacus import PrivacyEngine
-        from opacus.utils.batch_memory_manager import BatchMemoryManager
         from torch.utils.data import DataLoader, TensorDataset
 
         p, device, seed = self.params, self.device, self.ctx.seed
-        work = dp_compatible_net(self.ctx.new_net(data))  # the copy opacus wraps (and leaves hooks on)
+        work = dp_compatible_net(fixed_normalisation_net(self.ctx, data))  # the copy opacus wraps
         work.load_state_dict(self.net.state_dict())  # same initialisation as the clean net
         work.to(device).train()
         if p.optimizer == "sgd":
@@ -144,48 +184,59 @@ class DpSgd(ModelPlugin):
             opt = torch.optim.Adam(work.parameters(), lr=p.lr)
         loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=min(p.batch_size, n_train),
                             shuffle=True, generator=torch.Generator().manual_seed(seed))
-        physical = min(p.max_physical_batch_size or p.batch_size, p.batch_size)
+        physical = min(getattr(p, "max_physical_batch_size", 0) or p.batch_size, p.batch_size)
         with warnings.catch_warnings():
             for message in QUIET_OPACUS_WARNINGS:
                 warnings.filterwarnings("ignore", message=message)
             start = time.perf_counter()  # the noise-multiplier search is part of the training cost
-            engine = PrivacyEngine(accountant=p.accountant)
-            private, opt, loader = engine.make_private_with_epsilon(
-                module=work, optimizer=opt, data_loader=loader, target_epsilon=p.target_epsilon,
-                target_delta=self.delta, epochs=p.epochs, max_grad_norm=p.max_grad_norm,
-                noise_generator=torch.Generator(device=device).manual_seed(seed + 1))
+            if self.private:
+                engine = PrivacyEngine(accountant=p.accountant)
+                private, opt, loader = engine.make_private_with_epsilon(
+                    module=work, optimizer=opt, data_loader=loader, target_epsilon=p.target_epsilon,
+                    target_delta=self.delta, epochs=p.epochs, max_grad_norm=p.max_grad_norm,
+                    noise_generator=torch.Generator(device=device).manual_seed(seed + 1))
+            else:  # the twin: the same Poisson batches, no clipping, no noise
+                engine, private, loader = None, work, non_private_loader(loader)
             logical_steps = 0
             try:
                 for _ in range(p.epochs):
                     running = torch.zeros((), device=device)
-                    with BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical,
-                                            optimizer=opt) as physical_loader:
-                        for xb, yb in physical_loader:
+                    with _batches(loader, physical, opt, self.private) as batches:
+                        for xb, yb in batches:
                             xb, yb = xb.to(device), yb.to(device)
                             opt.zero_grad(set_to_none=True)
-                            # mean over the batch; an empty Poisson batch gives 0 (its noisy step still happens)
-                            loss = F.cross_entropy(private(xb), yb, reduction="sum") / max(len(yb), 1)
+                            # DP: mean over the batch (an empty Poisson batch gives 0; its noisy step still
+                            # happens). Twin: the sum over opacus' expected batch size, as opacus scales
+                            # the clipped sum, so without clipping and noise the two steps are the same.
+                            denom = max(len(yb), 1) if self.private else loader.expected_batch_size
+                            loss = F.cross_entropy(private(xb), yb, reduction="sum") / denom
                             loss.backward()
                             opt.step()
-                            logical_steps += 0 if opt._is_last_step_skipped else 1
+                            logical_steps += 0 if getattr(opt, "_is_last_step_skipped", False) else 1
                             running += loss.detach()  # no host sync per step
                     if not torch.isfinite(running):
                         raise FloatingPointError(f"dp_sgd: training loss became {float(running)}")
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 seconds = time.perf_counter() - start
-                epsilon = float(engine.get_epsilon(self.delta))
-                noise_multiplier = float(opt.noise_multiplier)
-                self.net.load_state_dict(clean_state_dict(private))
+                if self.private:
+                    epsilon = float(engine.get_epsilon(self.delta))
+                    noise_multiplier = float(opt.noise_multiplier)
+                    self.net.load_state_dict(clean_state_dict(private))
+                else:
+                    self.net.load_state_dict(work.state_dict())
             finally:
-                release_private(private, opt)  # per-sample gradients freed here, by reference counting
+                if self.private:
+                    release_private(private, opt)  # per-sample gradients freed here, by reference counting
                 del private, opt, loader, engine, work
                 gc.collect()  # the module itself sits in a reference cycle (opacus/autograd): reclaim it now
+        if not self.private:
+            return seconds, {"private": False, "dp_logical_steps": logical_steps}
         meta = {"dp_epsilon": epsilon, "dp_delta": self.delta, "accountant": p.accountant,
                 "noise_multiplier": noise_multiplier, "dp_logical_steps": logical_steps,
                 "dp_physical_batch_size": physical}
         # one training step, for the efficiency suite's step memory (profiling.measure_train_step)
-        step_net = dp_compatible_net(self.ctx.new_net(data))
+        step_net = dp_compatible_net(fixed_normalisation_net(self.ctx, data))
         step_net.load_state_dict(self.net.state_dict())
         meta["train_step"] = {
             "net": step_net, "loss_fn": _mean_cross_entropy,

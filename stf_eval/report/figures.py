@@ -29,30 +29,41 @@ def svg_uri(svg: bytes) -> str:
     return "data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii")
 
 
-def saved_figure(run_dir: Path, entry: dict) -> Figure:
-    """A figure a suite saved under the run directory (read as bytes; never outside the run dir)."""
-    rel = str(entry.get("path", ""))
-    caption = str(entry.get("caption") or entry.get("name") or rel)
+def saved_figure(run_dir: Path, entry: dict, raster: bool = False) -> Figure:
+    """A figure a suite saved under the run directory (read as bytes; never outside the run dir).
+
+    ``raster``: embed the PNG copy the suite saved next to the SVG, when there is one (a fraction of the
+    size; the report's default), else the SVG.
+    """
+    caption = str(entry.get("caption") or entry.get("name") or entry.get("path", ""))
     who = f"{entry.get('model', '')}, seed {entry.get('seed', '')}"
     title = f"{entry.get('suite', '')} / {entry.get('name', '')}: {who}"
-    path = (run_dir / rel).resolve()
-    if not rel or run_dir.resolve() not in path.parents or not path.is_file():
-        return Figure(caption=caption, title=title, missing=f"figure file missing: {rel}", who=who)
-    data = path.read_bytes()
-    if path.suffix.lower() == ".png":
-        return Figure(caption, "data:image/png;base64," + base64.b64encode(data).decode("ascii"), title, who=who)
-    return Figure(caption=caption, uri=svg_uri(data), title=title, who=who)
+    root = run_dir.resolve()
+    candidates = ([str(entry["png"])] if raster and entry.get("png") else []) + [str(entry.get("path", ""))]
+    for rel in candidates:
+        path = (run_dir / rel).resolve()
+        if not rel or root not in path.parents or not path.is_file():
+            continue
+        data = path.read_bytes()
+        if path.suffix.lower() == ".png":
+            return Figure(caption, "data:image/png;base64," + base64.b64encode(data).decode("ascii"), title, who=who)
+        return Figure(caption=caption, uri=svg_uri(data), title=title, who=who)
+    return Figure(caption=caption, title=title, missing=f"figure file missing: {entry.get('path', '')}", who=who)
 
 
 # -- cross-model figures drawn from records ---------------------------------------------------------
 
 LEGEND_INCHES = 1.7  # right margin kept for the model legend
+# the page shows the report's figures at most 900 px wide (report.css, figure.wide): a wider figure
+# would be scaled down and its 10 pt text would shrink below legibility, so panels get narrower instead
+MAX_WIDTH_INCHES = 900 / 96
 
 
 def _new_figure(width: float, height: float):
     from matplotlib.figure import Figure as MplFigure  # no pyplot: no global state, no GUI backend
 
     # fixed margins: constrained layout would draw every figure twice (seconds per report)
+    width = min(width, MAX_WIDTH_INCHES)
     fig = MplFigure(figsize=(width, height))
     fig.subplots_adjust(left=0.6 / width, right=1 - LEGEND_INCHES / width, bottom=0.5 / height,
                         top=1 - 0.3 / height, wspace=0.12)
@@ -62,7 +73,7 @@ def _new_figure(width: float, height: float):
 def _legend(fig, handles=None, labels=None) -> None:
     if handles is None:
         handles, labels = fig.axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="center right", fontsize=10, frameon=False)
 
 
 def _to_uri(fig) -> str:
@@ -81,11 +92,19 @@ def model_colors(models: list[str]) -> dict[str, str]:
     return {m: matplotlib.colors.to_hex(cmap(i % 10)) for i, m in enumerate(models)}
 
 
+# one marker per model (with its colour): lines stay distinguishable in grey print and for colour-blind readers
+MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">", "h")
+
+
+def model_marker(models: list[str], model: str) -> str:
+    return MARKERS[models.index(model) % len(MARKERS)] if model in models else "o"
+
+
 def _errorbar(ax, xs, stats, label, color, marker="o"):
     ys = [s.mean for s in stats]
     err = [s.std if s.has_std else 0.0 for s in stats]
     ax.errorbar(xs, ys, yerr=err if any(e > 0 for e in err) else None, label=label, color=color,
-                marker=marker, markersize=3.5, linewidth=1.4, capsize=2)
+                marker=marker, markersize=5.5, linewidth=1.4, capsize=2)
 
 
 def robust_accuracy_figure(df, models: list[str], colors: dict) -> Figure | None:
@@ -104,9 +123,9 @@ def robust_accuracy_figure(df, models: list[str], colors: dict) -> Figure | None
             if (m,) in clean and all(x > 0 for x, _ in pts):
                 pts = [(0.0, clean[(m,)])] + pts
             if pts:
-                _errorbar(ax, [p[0] for p in pts], [p[1] for p in pts], m, colors.get(m))
-        ax.set_title(str(attack))
-        ax.set_xlabel("eps")
+                _errorbar(ax, [p[0] for p in pts], [p[1] for p in pts], m, colors.get(m), model_marker(models, m))
+        ax.set_title(str(attack), fontsize=11)
+        ax.set_xlabel("eps", fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
     axes[0].set_ylim(-0.02, 1.02)
@@ -159,7 +178,7 @@ def model_bars(panels: list[tuple[str, dict, bool]], models: list[str], colors: 
         ys = [stats[(m,)].mean for m in ms]
         es = [stats[(m,)].std if stats[(m,)].has_std else 0.0 for m in ms]
         ax.bar(range(len(ms)), ys, color=[colors.get(m) for m in ms], yerr=es if any(es) else None, capsize=2)
-        ax.set_xticks(range(len(ms)), ms, rotation=35, ha="right", fontsize=8)
+        ax.set_xticks(range(len(ms)), ms, rotation=35, ha="right", fontsize=9)
         ax.set_title(title, fontsize=10)
         if log:
             ax.set_yscale("log")
@@ -189,7 +208,7 @@ def shift_figure(df, models: list[str], colors: dict) -> Figure | None:
             if (metric, m) in base_stats:
                 pts = [(0.0, base_stats[(metric, m)])] + pts
             if pts:
-                _errorbar(ax, [p[0] for p in pts], [p[1] for p in pts], m, colors.get(m))
+                _errorbar(ax, [p[0] for p in pts], [p[1] for p in pts], m, colors.get(m), model_marker(models, m))
         ax.set_title(metric)
         ax.set_xlabel("severity (0 = clean test)")
         ax.grid(alpha=0.3)

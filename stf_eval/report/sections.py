@@ -375,6 +375,15 @@ def build_sections(run, df, models: list[str], figures: str = "first-seed") -> l
         _notes(sec, run, suite)
         _saved_figures(sec, run, suite, models, figures)
         out.append(sec)
+    try:  # models that differ only in the layer made Bayesian (suites/placement.toml)
+        from .placement import placement_section
+
+        placement = placement_section(run, df, models)
+    except Exception as exc:
+        log.warning("report: layer placement section failed: %s: %s", type(exc).__name__, exc)
+        placement = None
+    if placement is not None:
+        out.append(placement)
     return out
 
 
@@ -406,5 +415,7 @@ def _saved_figures(sec: Section, run, suite: str, models: list[str], which: str)
         entries = kept
     by_name: dict[str, list[Figure]] = {}
     for entry in entries:
-        by_name.setdefault(str(entry.get("name", "figure")), []).append(saved_figure(run.path, entry))
+        # default: the PNG copies (light); --figures all: every seed's figures as vector SVG
+        by_name.setdefault(str(entry.get("name", "figure")), []).append(
+            saved_figure(run.path, entry, raster=which != "all"))
     sec.saved = list(by_name.items())

@@ -146,8 +146,13 @@ def cell_records(name: str, plugin: str, seed: int, rng: np.random.Generator, of
 
 def write_synthetic_run(path: str | Path, *, models: dict[str, str] | None = None, seeds=(0, 1),
                         name: str = "synthetic", rng_seed: int = 0, offset: float = 0.0,
-                        device: str = "cpu") -> Path:
-    """Write a run directory at ``path``; ``models``: entry name -> plugin (default: all eight)."""
+                        device: str = "cpu", layers: dict[str, list[str] | str] | None = None) -> Path:
+    """Write a run directory at ``path``; ``models``: entry name -> plugin (default: all eight).
+
+    ``layers``: model -> its ``layers`` parameter (a layer-placement run: kept in the config and as the
+    cell's resolved ``variational_layers``, "all" resolved to the LeNet's 1, 4, 8, 10).
+    """
+    layers = layers or {}
     path = Path(path)
     (path / "figures").mkdir(parents=True, exist_ok=True)
     models = models or {m: spec[0] for m, spec in MODELS.items()}
@@ -163,7 +168,9 @@ def write_synthetic_run(path: str | Path, *, models: dict[str, str] | None = Non
                 "model": model, "plugin": plugin, "seed": seed, "params": {"test_samples": 16}
                 if plugin in STOCHASTIC else {},
                 "capabilities": {"stochastic": plugin in STOCHASTIC, "differentiable": True,
-                                 "n_samples": 16 if plugin in STOCHASTIC else 1, "notes": {}},
+                                 "n_samples": 16 if plugin in STOCHASTIC else 1,
+                                 "notes": {"variational_layers": ["1", "4", "8", "10"] if layers[model] == "all"
+                                           else list(layers[model])} if model in layers else {}},
                 "efficiency": {"trainable_params": MODELS.get(plugin, MODELS["deterministic"])[8],
                                "train_seconds": stage_secs, "from_cache": {s: False for s in stage_secs}},
                 "suite_seconds": {"calibration": 0.05, "ood": 0.4, "adversarial": 6.0, "membership": 20.0,
@@ -192,7 +199,7 @@ def write_synthetic_run(path: str | Path, *, models: dict[str, str] | None = Non
         "ood": {k: {"dataset": k, "group": g, "size": 500, "options": {}} for k, g in OOD_SETS.items()},
         "net": {"arch": "lenet", "options": {"channels": [8, 16], "hidden": 32}},
         "train": {"epochs": 10, "batch_size": 64, "optimizer": "adam", "lr": 0.003},
-        "models": {m: {"plugin": p} for m, p in models.items()},
+        "models": {m: {"plugin": p, **({"layers": layers[m]} if m in layers else {})} for m, p in models.items()},
         "suites": {"calibration": {"plugin": "calibration", "bins": 15, "bootstrap": 200},
                    "ood": {"plugin": "ood", "scores": ["msp", "entropy", "mutual_information", "energy"]},
                    "adversarial": {"plugin": "adversarial", "attacks": list(ATTACKS), "eps": list(EPS),

@@ -109,8 +109,15 @@ class OodDetection(SuitePlugin):
     def _figure(self, ctx, scores, score_in, score_out, per_set, data) -> None:
         from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing global
 
-        fig = Figure(figsize=(4.2 * len(scores), 3.4))
-        axes = np.atleast_1d(fig.subplots(1, len(scores)))
+        # legible where the report shows it (about 640 px wide): two panels per row, 10 pt text, one
+        # legend for the figure; OOD sets differ in colour and line style
+        ncol = min(2, len(scores))
+        nrow = -(-len(scores) // ncol)
+        legend_rows = -(-(len(score_out) + 1) // 3)
+        height = 2.9 * nrow + 0.4 + 0.3 * legend_rows
+        fig = Figure(figsize=(4.0 * ncol, height))
+        axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).flatten()
+        styles = ["-", "--", ":", "-."]
         for ax, score in zip(axes, scores):
             everything = np.concatenate([score_in[score], *[s[score] for s in score_out.values()]])
             lo, hi = np.percentile(everything, [0.5, 100])  # clip the far low tail (energy of noise)
@@ -119,13 +126,20 @@ class OodDetection(SuitePlugin):
             edges = np.linspace(lo, hi, self.params.histogram_bins + 1)
             ax.hist(np.clip(score_in[score], lo, hi), bins=edges, density=True, color="grey", alpha=0.5,
                     label=f"test (in-dist., {len(score_in[score])})")
-            for name, values in score_out.items():
-                ax.hist(np.clip(values[score], lo, hi), bins=edges, density=True, histtype="step", lw=1.4,
-                        label=f"{name} ({data.ood[name].group}), AUROC {per_set[name][score]['auroc']:.3f}")
-            ax.set_xlabel(f"{score} (higher = more in-distribution)")
-            ax.set_ylabel("density")
-            ax.legend(fontsize=7)
-        fig.suptitle(f"{ctx.model_name}: OOD score histograms", fontsize=10)
-        fig.tight_layout()
+            for i, (name, values) in enumerate(score_out.items()):
+                ax.hist(np.clip(values[score], lo, hi), bins=edges, density=True, histtype="step", lw=1.6,
+                        color=f"C{i % 10}", linestyle=styles[i % len(styles)],
+                        label=f"{name} ({data.ood[name].group})")
+            aurocs = ", ".join(f"{per_set[n][score]['auroc']:.2f}" for n in score_out)
+            ax.set_title(f"{score}: AUROC {aurocs}", fontsize=10)
+            ax.set_xlabel(f"{score} (higher = in-dist.)", fontsize=10)
+            ax.set_ylabel("density", fontsize=10)
+            ax.tick_params(labelsize=9)
+        for ax in axes[len(scores):]:
+            ax.set_visible(False)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=10, frameon=False)
+        fig.suptitle(f"{ctx.model_name}: OOD score histograms (AUROC per set in legend order)", fontsize=11)
+        fig.tight_layout(rect=(0, (0.15 + 0.3 * legend_rows) / height, 1, 1))
         ctx.save_figure(fig, "scores", f"Histograms of each OOD score of {ctx.model_name}: the test split "
                         "against every OOD set (values below the 0.5th percentile drawn at the edge).")
