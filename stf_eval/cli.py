@@ -217,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
         if isinstance(exc, InternalError):  # a bug: exit 1, finished cells kept
-            print(f"stf-eval: internal error: {exc} (finished cells are kept; rerun with -v for the traceback)",
-                  file=sys.stderr)
+            kept = "" if "--resume" in str(exc) else "finished cells are kept; "
+            print(f"stf-eval: internal error: {exc} ({kept}rerun with -v for the traceback)", file=sys.stderr)
         else:
             print(f"stf-eval: error: {exc}", file=sys.stderr)
         return exc.exit_code

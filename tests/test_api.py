@@ -61,7 +61,7 @@ def test_module_sampler_ensemble_through_the_runner(tmp_path, cache_dir, digits_
     run = stf_eval.evaluate(
         models={"mine": net, "noisy": stf_eval.sampler(sampler, samples=5, modules=[net]),
                 "ens": [net, _fit(_mlp(1), digits_bundle.train.x, digits_bundle.train.y)]},
-        data=digits_bundle, suites={"calibration": NO_SHIFT, "membership": {"num_references": 2}},
+        data=digits_bundle, suites={"calibration": NO_SHIFT, "membership": {"num_references": 3}},
         out=tmp_path / "run", render=False, cache_dir=str(cache_dir))
     df = run.results
     acc = df[(df.metric == "accuracy") & (df["shift"] == "")].set_index("model")["value"]
@@ -74,7 +74,7 @@ def test_module_sampler_ensemble_through_the_runner(tmp_path, cache_dir, digits_
     assert caps["ens"]["n_samples"] == 2 and caps["noisy"]["differentiable"]
     # not retrainable: threshold attacks run, LiRA/RMIA are skipped with a note, nothing fails
     mia = df[df.suite == "membership"]
-    assert set(mia.attack) - {""} == {"loss", "confidence", "entropy", "modified_entropy"}
+    assert set(mia.attack) - {""} == {"gap", "loss", "confidence", "entropy", "modified_entropy"}
     assert all(any("LiRA and RMIA not run" in t for t in run.notes.query("model == @m").text)
                for m in ("mine", "noisy", "ens"))
     # the user's object was not modified (the adapters copy it before .to()/.eval())

@@ -43,7 +43,7 @@ test_samples = 4
 bootstrap = 10
 severities = [1]
 [suites.membership]
-num_references = 2
+num_references = 3
 """
 
 TIMING = ("seconds", "memory", "latency")

@@ -302,7 +302,7 @@ def test_a_bug_in_a_suite_exits_1_and_keeps_finished_cells(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     os.environ.pop("STF_EVAL_QUIET", None)
     assert code == 1 and len(err) == 1
-    assert err[0].startswith("stf-eval: internal error: second--seed0 failed: TypeError: unsupported operand")
+    assert err[0].startswith("stf-eval: internal error: cell second--seed0 failed: TypeError: unsupported operand")
     assert json.loads((out / "cells" / "deterministic--seed0.json").read_text())["records"]
     assert not (out / "cells" / "second--seed0.json").exists()
 
