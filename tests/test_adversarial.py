@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from stf_eval import attacks
 from stf_eval.context import EvalContext

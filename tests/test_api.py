@@ -50,6 +50,7 @@ def test_import_is_cheap():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+@pytest.mark.slow  # heavy: runs in CI's slow step (.ci/run)
 def test_module_sampler_ensemble_through_the_runner(tmp_path, cache_dir, digits_bundle, trained):
     net = trained
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -229,6 +230,7 @@ def _readme_example() -> str:
     return m.group(1)
 
 
+@pytest.mark.slow  # heavy: runs in CI's slow step (.ci/run)
 def test_readme_example_runs(tmp_path, cache_dir, monkeypatch, capsys):
     """The README's notebook example, verbatim (so the two cannot drift)."""
     monkeypatch.chdir(tmp_path)

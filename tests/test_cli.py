@@ -50,6 +50,7 @@ def test_list_and_help():
     assert "--resume" in cli("run", "--help").stdout
 
 
+@pytest.mark.slow  # heavy: runs in CI's slow step (.ci/run)
 def test_tiny_run_writes_results_and_resumes(tmp_path, cache_dir):
     suite = tmp_path / "tiny.toml"
     suite.write_text(tiny_toml())

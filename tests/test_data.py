@@ -16,6 +16,7 @@ from stf_eval.data.plan import build_data
 from stf_eval.errors import ConfigError, DataError
 
 
+@pytest.mark.slow  # heavy: runs in CI's slow step (.ci/run)
 def test_embedded_mnist5k_split_is_seeded_stratified_and_disjoint():
     cfg = load_config(text=tiny_toml(), overrides=["data.dataset='mnist5k'", "data.max_train=0",
                                                    "data.max_test=0"])

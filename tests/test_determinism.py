@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 
 import pandas as pd
+import pytest
 
 from stf_eval.config import load_config
 from stf_eval.runner import run
@@ -63,6 +64,7 @@ def do_run(tmp_path, name, cache, resume=False, models=None):
     return run(cfg, resume=resume, out_dir=str(tmp_path / name), render=False)
 
 
+@pytest.mark.slow  # heavy: runs in CI's slow step (.ci/run)
 def test_cold_warm_partial_and_resumed_runs_agree(tmp_path):
     cache = tmp_path / "cache"
     cold = results(do_run(tmp_path, "cold", cache))

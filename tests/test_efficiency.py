@@ -194,6 +194,7 @@ def test_memory_method_is_kept_per_stage_and_mixed_methods_get_no_total(fitted_m
     assert any("different methods" in n["text"] for n in ctx.notes)
 
 
+@pytest.mark.slow  # heavy: runs in CI's slow step (.ci/run)
 def test_step_memory_is_measured_in_a_fresh_process_and_grows_with_the_batch():
     from stf_eval.profiling import STEP_METHOD_CPU, measure_train_step
     from stf_eval.training import StepOptions, cross_entropy_loss

@@ -200,6 +200,7 @@ def test_verbosity_flags_anywhere(capsys):
     assert not _parser().parse_args(["run", "x.toml"]).quiet
 
 
+@pytest.mark.slow  # heavy: runs in CI's slow step (.ci/run)
 def test_quiet_run_prints_no_progress_bars_and_unicode_names_warn_nothing(tmp_path, suite_file):
     """-q: no tqdm bars, no log lines; a model named in another script leaks no font warnings."""
     suite_file.write_text(TINY.replace("[models.deterministic]", '[models."模型"]\nplugin = "deterministic"'))

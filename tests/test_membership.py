@@ -203,6 +203,7 @@ def overfit(cache_dir):
     return data, build_like, built
 
 
+@pytest.mark.slow  # heavy: runs in CI's slow step (.ci/run)
 def test_target_design_detects_an_overfitted_model_and_a_constant_model_is_at_chance(overfit, tmp_path):
     data, build_like, _ = overfit
     target = build_like(data, 0)
@@ -243,6 +244,7 @@ def test_target_design_detects_an_overfitted_model_and_a_constant_model_is_at_ch
     assert flat[("dp_audit_epsilon_lb", next(a for m, a in flat if m == "dp_audit_epsilon_lb"))] == 0.0
 
 
+@pytest.mark.slow  # heavy: runs in CI's slow step (.ci/run)
 def test_shared_design_targets_in_turn_and_the_saved_arrays_reproduce_the_records(overfit, tmp_path):
     from sklearn.metrics import roc_auc_score
 

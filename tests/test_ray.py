@@ -132,6 +132,7 @@ def _results(run_dir):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.slow  # heavy: runs in CI's slow step (.ci/run)
 def test_ray_gives_the_local_results_whatever_the_cache_held(tmp_path):
     """Cold cache on the local executor; Ray with the cache shared and cold; Ray through the object
     store with a cache that already holds some stages: one results.csv (timing metrics aside)."""

@@ -1,7 +1,7 @@
 """docs/records.md's worked example, run verbatim on a tiny run: its numbers equal results.csv.
 
-The suites save their per-example arrays (issue 19) under the keys of docs/records.md. Until every
-suite saves the keys this example reads, the test skips, naming the first missing one.
+The suites save their per-example arrays under the keys of docs/records.md; a key the example reads
+and the run lacks fails the test.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 import stf_eval
-from stf_eval.errors import StfEvalError
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "deterministic"
@@ -41,13 +40,11 @@ def tiny_run(tmp_path_factory, cache_dir):
         train={"epochs": 4, "batch_size": 64, "lr": 0.005}, cache_dir=str(cache_dir))
 
 
+@pytest.mark.slow  # heavy: runs in CI's slow step (.ci/run)
 def test_records_example_recomputes_results_csv(tiny_run):
     code = _example().replace('"runs/quick"', repr(str(tiny_run.path))).replace('"stf_bnn"', repr(MODEL))
     scope: dict = {}
-    try:
-        exec(compile(code, "docs/records.md", "exec"), scope)
-    except (KeyError, StfEvalError) as exc:
-        pytest.skip(f"the run lacks per-example arrays the example reads: {exc}")
+    exec(compile(code, "docs/records.md", "exec"), scope)  # a missing key is a failure: the docs drifted
     df = tiny_run.results
     one = df[(df.model == MODEL) & (df.seed == 0)]
 

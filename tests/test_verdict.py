@@ -231,6 +231,7 @@ def test_without_arrays_records_are_combined_unpaired_and_membership_is_guarded(
     assert not any(c.outcome in (V.BETTER, V.WORSE) for k in (1, 2, 3) for c in claims[k].comparisons)
 
 
+@pytest.mark.slow  # heavy: runs in CI's slow step (.ci/run)
 def test_two_seeds_use_the_hierarchical_bootstrap(tmp_path, fast):
     claims = claims_of(write_run(tmp_path / "r", 5, seeds=(0, 1)))
     acc = next(c for c in claims[1].comparisons if c.metric == "accuracy")
@@ -268,6 +269,7 @@ def test_guards_and_cost_from_controlled_measurements_only(tmp_path):
     assert math.isclose(claim.comparisons[0].diff, -0.44)
 
 
+@pytest.mark.slow  # heavy: runs in CI's slow step (.ci/run)
 def test_merge_runs_of_one_configuration(tmp_path, fast):
     import pandas as pd
 
