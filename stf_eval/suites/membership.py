@@ -261,7 +261,15 @@ class Membership(SuitePlugin):
         """The trainings this suite asks of ``model_name`` for cell ``seed`` (the plan runs them first)."""
         if self._excluded(model_name, data) or not self.uses_references(model_name):
             return []
-        return self.plan(model_name, data, seed).builds()
+        # the pool and its halves depend on the data, the reference count and (target design only) the
+        # cell seed, never on the model: build the splits once and hand every model the same objects
+        # (their fingerprints are then hashed once; planning a CIFAR run calls this for every cell)
+        shared = self.shared(model_name)
+        key = (id(data), self.num_references(model_name), shared, None if shared else seed)
+        memo = self.__dict__.setdefault("_builds_memo", {})
+        if key not in memo:
+            memo[key] = (data, self.plan(model_name, data, seed).builds())  # data kept: its id stays unique
+        return memo[key][1]
 
     # -- the run --------------------------------------------------------------------------------
     def run(self, model, data, ctx) -> None:
