@@ -166,7 +166,7 @@ def test_svi_vs_full_bnn_ratio_is_measured_side_by_side(fitted_models, tiny_data
     model = fitted_models("stf_bnn")
     before = {k: v.clone() for k, v in model.net.state_dict().items()}
     ctx = _run_suite(model, tiny_data, tmp_path, name="stf_bnn", figure=False)
-    (row,) = [r for r in ctx.records if r["metric"] == "svi_vs_full_bnn_epoch_ratio"]
+    (row,) = [r for r in ctx.records if r["metric"] == "svi_vs_full_bnn_epoch_seconds_ratio"]
     saved = ctx.examples["efficiency"]
     svi, full = saved["compare/svi_epoch_seconds"], saved["compare/full_bnn_epoch_seconds"]
     assert len(svi) == len(full) == 2 == row["n"]
@@ -176,7 +176,7 @@ def test_svi_vs_full_bnn_ratio_is_measured_side_by_side(fitted_models, tiny_data
     for k, v in model.net.state_dict().items():  # the evaluated model is untouched
         assert torch.equal(v, before[k])
     others = _run_suite(fitted_models("deterministic"), tiny_data, tmp_path / "d", figure=False)
-    assert not [r for r in others.records if r["metric"] == "svi_vs_full_bnn_epoch_ratio"]
+    assert not [r for r in others.records if r["metric"] == "svi_vs_full_bnn_epoch_seconds_ratio"]
 
 
 def test_memory_method_is_kept_per_stage_and_mixed_methods_get_no_total(fitted_models, tiny_data, tmp_path):

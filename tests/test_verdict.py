@@ -258,7 +258,7 @@ def test_guards_and_cost_from_controlled_measurements_only(tmp_path):
     V._cost(claim, run, df2, "stf_bnn", ["full_bnn"])
     V.judge(claim)
     assert claim.verdict == V.NOT_ENOUGH and "single wall-clock timings" in claim.reason
-    ratio = {"model": "stf_bnn", "suite": "efficiency", "metric": "svi_vs_full_bnn_epoch_ratio", "value": 0.56,
+    ratio = {"model": "stf_bnn", "suite": "efficiency", "metric": "svi_vs_full_bnn_epoch_seconds_ratio", "value": 0.56,
              "seed": 0, "stage": "svi", "ci_low": 0.5, "ci_high": 0.62, "note": "controlled: interleaved, median of 9"}
     df3 = pd.concat([df2, pd.DataFrame([ratio])], ignore_index=True).fillna({"attack": "", "eps": "", "ood_set": "",
                                                                              "score": "", "shift": "", "severity": ""})

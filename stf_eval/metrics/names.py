@@ -51,7 +51,7 @@ METRICS: dict[str, tuple[str, str | None]] = {
                              "the run's thread count (ci: order-statistic interval of the median).", "lower"),
     "train_step_peak_memory_mb": ("Peak memory of one training step measured in isolation (fresh process on "
                                   "CPU, CUDA max allocated on GPU), MiB; the note names the method.", "lower"),
-    "svi_vs_full_bnn_epoch_ratio": ("STF-BNN SVI epoch / full-BNN epoch, measured side by side (interleaved, "
+    "svi_vs_full_bnn_epoch_seconds_ratio": ("STF-BNN SVI epoch / full-BNN epoch, measured side by side (interleaved, "
                                     "median of k repetitions) in the stf_bnn cell.", "lower"),
 }
 

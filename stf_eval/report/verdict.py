@@ -53,7 +53,7 @@ MARGINS: dict[str, float] = {
     "mia_auc": 0.01,
     "tpr_at_1pct_fpr": 0.005,
     "tpr_at_0.1pct_fpr": 0.001,
-    "svi_vs_full_bnn_epoch_ratio": 0.10,  # ratio within 1 +- 0.10
+    "svi_vs_full_bnn_epoch_seconds_ratio": 0.10,  # ratio within 1 +- 0.10
     "trainable_params": 0.0,
 }
 NEAR_CHANCE_FRACTION = 0.5  # accuracy below chance + this fraction of (1 - chance): "near chance"
@@ -695,15 +695,15 @@ CONTROLLED = "controlled"
 
 
 def _cost(claim: Claim, run, df, stf: str, full: list[str]) -> None:
-    ratio = df[(df["metric"] == "svi_vs_full_bnn_epoch_ratio") & (df["model"] == stf)]
+    ratio = df[(df["metric"] == "svi_vs_full_bnn_epoch_seconds_ratio") & (df["model"] == stf)]
     ratio = ratio[ratio["note"].map(lambda n: CONTROLLED in str(n).lower())]
     if not ratio.empty:
         st = seed_stats(ratio, ["model"])[(stf,)]
-        comp = Comparison("full BNN (same batches)", "svi_vs_full_bnn_epoch_ratio", "SVI epoch / full-BNN epoch",
+        comp = Comparison("full BNN (same batches)", "svi_vs_full_bnn_epoch_seconds_ratio", "SVI epoch / full-BNN epoch",
                           Estimate(st.mean, st.ci_low, st.ci_high, st.n), Estimate(1.0), st.mean - 1.0)
         comp.low, comp.high = st.ci_low - 1.0, st.ci_high - 1.0
         comp.method = "controlled measurement: " + str(ratio["note"].iloc[0])
-        m = MARGINS["svi_vs_full_bnn_epoch_ratio"]
+        m = MARGINS["svi_vs_full_bnn_epoch_seconds_ratio"]
         if st.has_ci and st.ci_high < 1.0:
             comp.fixed = BETTER
         elif st.has_ci and st.ci_low > 1.0:
@@ -718,7 +718,7 @@ def _cost(claim: Claim, run, df, stf: str, full: list[str]) -> None:
         if full:
             claim.required = ("not enough evidence: single wall-clock timings (train_seconds); the claim "
                               "needs the efficiency suite's controlled SVI / full-BNN epoch measurement")
-            claim.settle = ["run the efficiency suite's controlled comparison (svi_vs_full_bnn_epoch_ratio)"]
+            claim.settle = ["run the efficiency suite's controlled comparison (svi_vs_full_bnn_epoch_seconds_ratio)"]
     params = seed_stats(plain(df, "trainable_params"), ["model"])
     for b in full:
         if (stf,) in params and (b,) in params:

@@ -130,7 +130,7 @@ class Efficiency(SuitePlugin):
     Params = EfficiencyParams
     metrics = ("trainable_params", "distribution_params", "total_params", "train_seconds", "peak_memory_mb",
                "latency_ms_per_example", "forward_passes_per_prediction", "epoch_seconds_median",
-               "train_step_peak_memory_mb", "svi_vs_full_bnn_epoch_ratio")
+               "train_step_peak_memory_mb", "svi_vs_full_bnn_epoch_seconds_ratio")
     tiny = {"latency_examples": 16, "latency_repeats": 2, "comparison_batches": 2, "comparison_repeats": 2}
 
     def run(self, model, data, ctx) -> None:
@@ -231,7 +231,7 @@ class Efficiency(SuitePlugin):
         low, high, cover = median_interval(ratios)
         threads = torch.get_num_threads()
         batch = model.ctx.train.batch_size
-        ctx.record("svi_vs_full_bnn_epoch_ratio", statistics.median(ratios), stage="svi", n=len(ratios),
+        ctx.record("svi_vs_full_bnn_epoch_seconds_ratio", statistics.median(ratios), stage="svi", n=len(ratios),
                    ci_low=low, ci_high=high,
                    note=f"controlled: interleaved, median of {len(ratios)}, {threads} threads; "
                         f"{self.params.comparison_batches} batches of {batch}, device {model.device.type}, "
