@@ -361,3 +361,56 @@ def test_elbo_with_several_training_samples_averages_their_nll():
     expected = torch.stack([F.cross_entropy(logits[s], y) for s in range(3)]).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert not torch.allclose(logits[0], logits[1])
+
+
+class Opaque(nn.Module):
+    """The same network behind a non-Sequential wrapper: sample_logits expands the input, no prefix."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("kind", ["last_layer_bnn", "mc_dropout", "stf_bnn"])
+def test_deterministic_prefix_runs_once_and_gives_the_same_samples_and_gradients(kind):
+    """The frozen body of a last-layer BNN (the first conv of MC dropout) runs on B rows, not S x B, and
+    the samples and input gradients equal those of the plain S-fold expanded pass under the same draws."""
+    from stf_eval.bayes.sampling import deterministic_prefix
+    from stf_eval.models.mc_dropout import insert_dropout
+
+    x = torch.rand(6, 1, 8, 8)
+    net, layers = small_net(), []
+    if kind == "mc_dropout":
+        net = insert_dropout(net, "hidden", 0.3, x[:1]).eval()
+    else:
+        net, _ = convert(net, "last" if kind == "last_layer_bnn" else "first", x[:1],
+                         VariationalInit(rho_init=-2.0))
+        layers = variational_layers(net.eval())
+    expected_prefix = {"last_layer_bnn": len(net) - 1, "mc_dropout": 2, "stf_bnn": 1}[kind]
+    assert deterministic_prefix(net) == expected_prefix
+    rows = []
+    hook = net[1].register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+    s, outs, grads = 5, [], []
+    for model in (net, Opaque(net)):
+        torch.manual_seed(11)
+        xg = x.clone().requires_grad_(True)
+        out = sample_logits(model, xg, s, layers)
+        (g,) = torch.autograd.grad(torch.log_softmax(out, -1)[..., 0].sum(), xg)
+        outs.append(out.detach())
+        grads.append(g)
+    hook.remove()
+    # first call: the prefix sees each example once (stf_bnn's variational first layer: its copies collapse)
+    assert rows[0] == (len(x) * s if kind == "stf_bnn" else len(x)) and rows[1] == len(x) * s
+    assert outs[0].shape == (s, len(x), 10)
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    assert outs[0].std(0).max() > 1e-3  # the samples still differ
+
+
+def test_a_net_that_draws_nothing_gives_s_identical_samples_from_one_pass():
+    net = small_net()
+    out = sample_logits(net, torch.rand(3, 1, 8, 8), 4)
+    assert out.shape == (4, 3, 10) and torch.equal(out[0], out[3])

@@ -86,6 +86,24 @@ def test_stochastic_predictive_keeps_sampling_after_eval(fitted_models, tiny_dat
         assert not torch.equal(samples[0], samples[1])
 
 
+def test_always_dropout_keeps_1_minus_p_scaled_in_eval_mode_too():
+    """The mask is a uniform draw compared with p: units kept with probability 1 - p, scaled by 1/(1-p), in
+    eval mode as in train mode, and the gradient is the same mask (an independent check of the layer)."""
+    from stf_eval.models.mc_dropout import AlwaysDropout
+
+    drop = AlwaysDropout(0.3).eval()
+    torch.manual_seed(0)
+    x = torch.ones(200_000, requires_grad=True)
+    out = drop(x)
+    kept = out.detach() != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005  # binomial sd 0.001
+    assert torch.allclose(out.detach()[kept], torch.full((int(kept.sum()),), 1 / 0.7))
+    assert abs(out.detach().mean().item() - 1.0) < 0.01
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach())  # d out / d x = mask / (1 - p) = out for x = 1
+    assert not torch.equal(drop(torch.ones(1000)), drop(torch.ones(1000)))  # a fresh mask per call
+
+
 def test_mc_dropout_places_dropout_where_asked(fitted_models, tiny_cfg, tiny_data):
     from stf_eval.models.mc_dropout import AlwaysDropout, insert_dropout
     from stf_eval.nets.lenet import lenet

@@ -40,7 +40,8 @@ def sample_logits(net: nn.Module, x: torch.Tensor, n_samples: int, layers: Seque
     ``layers``: the network's variational layers. They are told that the batch holds S rows per example:
     plain-reparameterisation layers draw one weight sample per sample index, and a layer fed by the
     input (``fed_by_input``) computes its convolution on one copy only (local reparameterisation draws
-    per example anyway). Batches whose expansion exceeds ``max_rows`` rows go through in chunks of
+    per example anyway); the deterministic prefix of an ``nn.Sequential`` net runs once per example
+    (``deterministic_prefix``). Batches whose expansion exceeds ``max_rows`` rows go through in chunks of
     examples (at least 8 per chunk), each chunk one vectorised pass of all S samples; ``max_rows``
     defaults to the cap of ``x``'s device (``max_expanded_rows``).
     """
@@ -55,10 +56,37 @@ def sample_logits(net: nn.Module, x: torch.Tensor, n_samples: int, layers: Seque
     return _expanded_pass(net, x, n_samples, layers)
 
 
+def draws_samples(module: nn.Module) -> bool:
+    """Whether a forward pass of ``module`` draws anything: a variational layer, a module that samples in
+    eval mode (``samples_in_eval = True``, e.g. MC dropout's AlwaysDropout) or dropout in train mode."""
+    return any(isinstance(m, VariationalLayer) or getattr(m, "samples_in_eval", False)
+               or (isinstance(m, nn.modules.dropout._DropoutNd) and m.training) for m in module.modules())
+
+
+def deterministic_prefix(net: nn.Module) -> int:
+    """How many leading children of an ``nn.Sequential`` net draw nothing (0 for any other net)."""
+    if not isinstance(net, nn.Sequential):
+        return 0
+    for i, child in enumerate(net):
+        if draws_samples(child):
+            return i
+    return len(net)
+
+
 def _expanded_pass(net: nn.Module, x: torch.Tensor, n_samples: int, layers: Sequence[VariationalLayer]):
+    # The deterministic prefix of a Sequential net (everything before its first sampling module: the
+    # frozen body of a last-layer BNN, the first convolution of MC dropout) gives S identical copies
+    # of each row, so it runs once per example and only its output is expanded: the same numbers,
+    # and S times less work there. A variational layer right after it sees copies (shared_input).
+    k = deterministic_prefix(net)
+    if k:
+        x = net[:k](x)
+        if k == len(net):  # nothing draws: the S samples are one output
+            return x.unsqueeze(0).expand(n_samples, *x.shape).contiguous()
+        net = net[k:]
     for layer in layers:
         layer.sample_groups = n_samples
-        layer.shared_input = layer.fed_by_input
+        layer.shared_input = layer.fed_by_input or (k > 0 and layer is net[0])
     try:
         out = net(repeat_batch(x, n_samples))
     finally:

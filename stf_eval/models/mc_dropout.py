@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..bayes import replace_module, sample_logits, traced_calls
@@ -20,12 +19,18 @@ from .base import ModelPlugin
 class AlwaysDropout(nn.Module):
     """Dropout that samples in eval mode too (MC dropout must keep sampling after ``.eval()``)."""
 
+    samples_in_eval = True  # bayes.sampling: the S-sample pass expands the batch before this module
+
     def __init__(self, p: float):
         super().__init__()
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.dropout(x, self.p, training=True)
+        # keep a unit with probability 1 - p and scale it by 1 / (1 - p), as F.dropout does; the mask is one
+        # uniform draw compared with p, written in place: F.dropout's bernoulli_ mask costs ~3x more on
+        # CPU, where masking the S-fold expanded activations is about half of MC dropout's prediction time
+        keep = torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
+        return x * keep
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
