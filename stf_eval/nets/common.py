@@ -25,6 +25,26 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` with a faster forward-only path for 2x2 windows of stride 2 on contiguous CPU
+    tensors: the maximum of the four strided views. The values are the same (a maximum is exact);
+    on this path torch's NCHW kernel measured 4-6x slower (about half of a LeNet prediction). Where a
+    gradient is needed, on other devices and for other windows, torch's own kernel runs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self._pairs_of(2) and not self.return_indices and not self.ceil_mode and x.dim() == 4
+                and x.device.type == "cpu" and x.is_contiguous() and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0
+                and not (torch.is_grad_enabled() and x.requires_grad)):
+            return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
+                                 torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+        return super().forward(x)
+
+    def _pairs_of(self, k: int) -> bool:
+        pair = nn.modules.utils._pair
+        return (pair(self.kernel_size) == (k, k) and pair(self.stride or self.kernel_size) == (k, k)
+                and pair(self.padding) == (0, 0) and pair(self.dilation) == (1, 1))
+
+
 def resolve_builder(arch: str):
     if ":" in arch:
         module_name, _, fn_name = arch.partition(":")

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..params import require
 from ..registry import NETS
-from .common import Normalize
+from .common import MaxPool2d, Normalize
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def lenet(input_shape, num_classes, mean, std, channels: tuple = (16, 32), hidde
             layers.append(nn.BatchNorm2d(int(out_ch)))
         layers.append(nn.ReLU())
         if h >= 2 and w >= 2:
-            layers.append(nn.MaxPool2d(2))
+            layers.append(MaxPool2d(2))
             h, w = h // 2, w // 2
         in_ch = int(out_ch)
     layers += [nn.Flatten(), nn.Linear(in_ch * h * w, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
