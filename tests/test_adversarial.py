@@ -191,6 +191,8 @@ def test_per_example_arrays_recompute_robust_and_union_accuracy(fitted_models, t
     ("gradient_free_not_stronger", (0.1, 0.10, 0.50, 50, 1000)),
     ("falls_with_eps", ([0.0, 0.1, 0.3], [0.9, 0.3, 0.6], 100, 0.1)),
     ("falls_with_eps", ([0.0, 0.1, 0.3], [0.9, 0.5, 0.4], 100, 0.1)),
+    # a rise judged on the previous point's own n: 0.36 is above 0.30's interval over 500 examples
+    ("falls_with_eps", ([0.0, 0.1, 0.2], [0.9, 0.30, 0.36], [500, 500, 50], 0.4)),
     ("sampling_under_attack", (0.2, 0.0, 1e-6)),
     ("pgd_at_least_fgsm", ([0.1], [0.5], [0.2], 100)),
     ("transfer_not_stronger", ([0.1], [0.1], [0.5], 100)),
@@ -207,6 +209,9 @@ def test_each_check_fails_on_numbers_that_should_fail_it(check, args):
     ("noise_weaker", (0.3, 0.8, 0.1, 100)),
     ("gradient_free_not_stronger", (0.1, 0.45, 0.50, 50, 1000)),
     ("falls_with_eps", ([0.0, 0.1, 0.3], [0.9, 0.5, 0.0], 100, 0.1)),
+    ("falls_with_eps", ([0.0, 0.1, 0.2, 0.5], [0.9, 0.5, 0.3, 0.06], [500, 500, 500, 50], 0.1)),
+    # ... and 0.36 is inside 0.30's interval over 50 examples
+    ("falls_with_eps", ([0.0, 0.1, 0.2], [0.9, 0.30, 0.36], [500, 50, 50], 0.4)),
     ("sampling_under_attack", (0.2, 0.2, 1e-6)),
     ("sampling_under_attack", (0.0, 0.0, 1e-6)),
     ("transfer_not_stronger", ([0.3], [0.0], [0.0], 100)),  # 0 vs 0 (the Wilson bound at k = 0 is 7e-18)

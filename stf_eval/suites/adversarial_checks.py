@@ -85,16 +85,18 @@ def gradient_free_not_stronger(eps: float, square_acc: float, white_acc: float, 
                  {"eps": eps, "square": square_acc, "white_box": white_acc, "n": m, "queries": queries})
 
 
-def falls_with_eps(eps: list[float], accs: list[float], n: int, max_final: float) -> Check:
+def falls_with_eps(eps: list[float], accs: list[float], n: int | list[int], max_final: float) -> Check:
     """Each attack at a larger eps is run from scratch; its accuracy must not rise above the upper end
-    of the previous eps's interval, and must reach ``max_final`` at the largest eps."""
-    rises = [e for (e, a), prev in zip(zip(eps[1:], accs[1:]), accs[:-1]) if a > interval(prev, n)[1]]
+    of the previous eps's interval, and must reach ``max_final`` at the largest eps. ``n``: the examples
+    behind every accuracy, or behind each one (the large-eps point may use fewer)."""
+    ns = list(n) if isinstance(n, (list, tuple)) else [n] * len(accs)
+    rises = [e for (e, a), prev, m in zip(zip(eps[1:], accs[1:]), accs[:-1], ns[:-1]) if a > interval(prev, m)[1]]
     passed = not rises and accs[-1] <= max_final
-    curve = ", ".join(f"{e:g}: {a:.3f}" for e, a in zip(eps, accs))
+    curve = ", ".join(f"{e:g}: {a:.3f}" + ("" if m == ns[0] else f" (n {m})") for e, a, m in zip(eps, accs, ns))
     return Check("accuracy_falls_with_eps", passed,
                  f"PGD accuracy by eps ({curve}), each eps attacked from scratch; pass if it never rises above "
                  f"the previous interval and ends <= {max_final:g}" + (f"; rises at eps {rises}" if rises else ""),
-                 {"eps": list(eps), "accuracy": list(accs), "n": n})
+                 {"eps": list(eps), "accuracy": list(accs), "n": ns})
 
 
 def sampling_under_attack(spread_eval: float, spread_attack: float, tolerance: float) -> Check:
@@ -240,11 +242,13 @@ def _falls_with_eps(suite) -> Check | None:
         suite.ctx.note("sanity check accuracy_falls_with_eps not run: no eps > 0")
         return None
     outcomes = {e: suite.results[("pgd", e)] for e in eps}
-    if large not in outcomes:  # one evaluation suffices for a threshold
-        outcomes[large] = suite.attack("pgd", suite.predictive, large, reevals=1)
+    if large not in outcomes:  # a threshold: one evaluation of the check examples suffices
+        m = min(p.check_examples, len(suite.x))
+        outcomes[large] = suite.attack("pgd", suite.predictive, large, suite.x[:m], suite.y[:m], reevals=1,
+                                       purpose=("check", "large_eps"))
     eps = sorted(outcomes)
-    return falls_with_eps([0.0, *eps], [suite.clean_acc, *(outcomes[e].mean for e in eps)], len(suite.y),
-                          p.large_eps_max_accuracy)
+    return falls_with_eps([0.0, *eps], [suite.clean_acc, *(outcomes[e].mean for e in eps)],
+                          [len(suite.y), *(outcomes[e].correct.shape[1] for e in eps)], p.large_eps_max_accuracy)
 
 
 def _ci(acc: float, n: int) -> dict:
