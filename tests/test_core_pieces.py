@@ -70,25 +70,30 @@ def test_scoring_rules_on_hand_computed_case():
     assert cal.brier(probs, labels) == pytest.approx(((0.2**2 + 0.2**2) + (0.6**2 + 0.6**2)) / 2)
 
 
-def test_fast_max_pool_equals_torchs_and_keeps_torchs_gradient():
-    """The forward-only 2x2 path gives torch's values (ties, -inf and NaN included); with a gradient,
-    odd sizes and other windows torch's own kernel runs."""
+def test_fast_max_pool_equals_torchs_values_and_gradients_ties_included():
+    """The forward-only 2x2 path gives torch's values (ties, -inf and NaN included); with a gradient
+    (many ties: small integers) torch's kernel runs, and odd sizes and other windows go to it too."""
     import torch.nn.functional as F
 
     from stf_eval.nets.common import MaxPool2d
 
     torch.manual_seed(0)
-    x = torch.randn(3, 4, 8, 6)
-    x[0, 0, :2, :2] = 1.0  # a tie
-    x[1, 1, 2, 2] = float("-inf")
-    x[2, 2, 4, 4] = float("nan")
     pool = MaxPool2d(2)
-    with torch.no_grad():
-        assert torch.equal(pool(x).nan_to_num(7.0), F.max_pool2d(x, 2).nan_to_num(7.0))
-        odd = torch.randn(2, 3, 7, 7)
-        assert torch.equal(pool(odd), F.max_pool2d(odd, 2))
-        assert torch.equal(MaxPool2d(3, 2)(odd), F.max_pool2d(odd, 3, 2))
-    xg = torch.randn(2, 3, 8, 8, requires_grad=True)
-    (g,) = torch.autograd.grad(pool(xg).square().sum(), xg)
-    (ref,) = torch.autograd.grad(F.max_pool2d(xg, 2).square().sum(), xg)
-    assert torch.equal(g, ref)
+    for x in (torch.randint(0, 3, (4, 5, 8, 6)).float(), torch.randn(3, 4, 8, 6)):
+        x[0, 0, 2, 2] = float("-inf")
+        xg = x.clone().requires_grad_(True)
+        up = torch.randn(x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2)
+        out = pool(xg)
+        (g,) = torch.autograd.grad(out, xg, up)
+        xr = x.clone().requires_grad_(True)
+        ref = F.max_pool2d(xr, 2)
+        (g_ref,) = torch.autograd.grad(ref, xr, up)
+        assert torch.equal(out, ref) and torch.equal(g, g_ref)
+        with torch.no_grad():
+            assert torch.equal(pool(x), ref)
+    nan = torch.randn(2, 3, 8, 8)
+    nan[1, 2, 3, 3] = float("nan")
+    assert torch.equal(pool(nan).isnan(), F.max_pool2d(nan, 2).isnan())
+    odd = torch.randn(2, 3, 7, 7)
+    assert torch.equal(pool(odd), F.max_pool2d(odd, 2))
+    assert torch.equal(MaxPool2d(3, 2)(odd), F.max_pool2d(odd, 3, 2))

@@ -27,14 +27,15 @@ class Normalize(nn.Module):
 
 class MaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` with a faster forward-only path for 2x2 windows of stride 2 on contiguous CPU
-    tensors: the maximum of the four strided views. The values are the same (a maximum is exact);
-    on this path torch's NCHW kernel measured 4-6x slower (about half of a LeNet prediction). Where a
-    gradient is needed, on other devices and for other windows, torch's own kernel runs."""
+    tensors of even size: the maximum of the four strided views (the same values, NaN included). On
+    this torch build the NCHW kernel measured 4-6x slower there, about half of a LeNet prediction.
+    Where a gradient is needed torch's kernel runs (an autograd version of the four views measured
+    slower than it), as it does for other windows, devices and layouts."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self._pairs_of(2) and not self.return_indices and not self.ceil_mode and x.dim() == 4
-                and x.device.type == "cpu" and x.is_contiguous() and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0
-                and not (torch.is_grad_enabled() and x.requires_grad)):
+                and x.device.type == "cpu" and x.is_contiguous() and x.shape[-1] % 2 == 0
+                and x.shape[-2] % 2 == 0 and not (torch.is_grad_enabled() and x.requires_grad)):
             return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
                                  torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
         return super().forward(x)
