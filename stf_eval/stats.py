@@ -45,9 +45,16 @@ def proportion_interval(k: int, n: int, confidence: float = 0.95, method: str = 
 # -- AUC ---------------------------------------------------------------------------------------------
 
 def _midranks(x: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-
-    return rankdata(x, method="average")
+    """1-based ranks, ties given their mean rank (scipy's rankdata(method="average"), without its
+    per-call overhead: the paired bootstraps of the report rank thousands of resamples)."""
+    x = np.asarray(x, float)
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], len(xs)]
+    ranks = np.empty(len(xs))
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
 
 
 def auc_components(pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -99,8 +106,14 @@ def auc_mean_delong(pos: np.ndarray, negs: Sequence[np.ndarray], confidence: flo
 
 
 def auc_fast(pos: np.ndarray, neg: np.ndarray) -> float:
-    """AUC by ranks (ties count half); equal to sklearn's roc_auc_score."""
-    return auc_components(pos, neg)[0]
+    """AUC by ranks (ties count half); equal to sklearn's roc_auc_score. One ranking of the pooled
+    scores (the DeLong components need three)."""
+    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
+    m, n = len(pos), len(neg)
+    if m == 0 or n == 0:
+        return math.nan
+    tz = _midranks(np.concatenate([pos, neg]))
+    return float((tz[:m].sum() - m * (m + 1) / 2) / (m * n))
 
 
 # -- ECE -----------------------------------------------------------------------------------------------

@@ -148,3 +148,17 @@ def test_tpr_at_low_fpr_needs_enough_negatives():
     pos, neg = rng.normal(1, 1, 1000), rng.normal(0, 1, 1000)
     t = np.sort(neg)[-11]  # 10 negatives above it: FPR 1%
     assert stats.tpr_at_fpr(pos, neg, 0.01) == pytest.approx((pos > t).mean())
+
+
+def test_midranks_and_auc_fast_match_scipy_and_sklearn_with_ties():
+    from scipy.stats import rankdata
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(4)
+    for x in (rng.normal(size=300), rng.integers(0, 5, size=300).astype(float), np.array([2.0]), np.zeros(7)):
+        assert np.array_equal(stats._midranks(x), rankdata(x, method="average"))
+    pos, neg = rng.integers(0, 20, 250).astype(float), rng.integers(0, 15, 400).astype(float)
+    expected = roc_auc_score(np.r_[np.ones(250), np.zeros(400)], np.r_[pos, neg])
+    assert stats.auc_fast(pos, neg) == pytest.approx(expected, abs=1e-12)
+    assert stats.auc_fast(pos, neg) == pytest.approx(stats.auc_components(pos, neg)[0], abs=1e-12)
+    assert np.isnan(stats.auc_fast(pos, np.array([])))
