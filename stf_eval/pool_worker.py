@@ -19,8 +19,9 @@ _INIT_ERROR: BaseException | None = None  # why the Work could not be loaded her
 _STARTED = None  # a queue to the driver: (token, pid) of each task as it starts
 
 
-def init(work_blob: bytes, threads: int, filters_blob: bytes | None, started=None) -> None:
-    """The pool's initializer: quiet, ``threads`` torch threads, the driver's warning filters, the Work;
+def init(work_file: str, threads: int, filters_blob: bytes | None, started=None) -> None:
+    """The pool's initializer: quiet, ``threads`` torch threads, the driver's warning filters, the Work
+    (pickled into ``work_file`` by the driver);
     ``started``: a queue on which each task says which process runs it (the driver then knows, when a
     worker dies, which task it took down)."""
     global _WORK, _INIT_ERROR, _STARTED
@@ -37,7 +38,8 @@ def init(work_blob: bytes, threads: int, filters_blob: bytes | None, started=Non
             import warnings
 
             warnings.filters[:] = pickle.loads(filters_blob)
-        _WORK = pickle.loads(work_blob)
+        with open(work_file, "rb") as fh:
+            _WORK = pickle.load(fh)
         import torch
 
         torch.set_num_threads(threads)
@@ -45,7 +47,7 @@ def init(work_blob: bytes, threads: int, filters_blob: bytes | None, started=Non
         _INIT_ERROR = exc
 
 
-def run(item, token: str = ""):
+def run(item, token: int = -1):
     """Train a job or evaluate a cell with the run's Work, in the driver's cache and run directory."""
     if _STARTED is not None:
         _STARTED.put((token, os.getpid()))  # written through before the task starts (a SimpleQueue)

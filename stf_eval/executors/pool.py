@@ -12,10 +12,13 @@ run at the same ``num_threads``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
+import tempfile
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -41,7 +44,19 @@ class PoolExecutor:
         """Train the pending jobs and evaluate the pending cells in ``config.workers`` processes."""
         n = self.config.workers
         threads = work.cfg.num_threads or work.threads or default_threads(n)
-        work_blob = pickle.dumps(dataclasses.replace(work, threads=threads))
+        # the run (data included) reaches the workers as a file: a spawned worker gets its initializer's
+        # arguments through a pipe that the driver fills before it goes on, and a worker that died while
+        # starting would leave a large write blocked for good; a path is small
+        fd, work_file = tempfile.mkstemp(prefix="stf-eval-work-", suffix=".pkl")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                pickle.dump(dataclasses.replace(work, threads=threads), fh, protocol=pickle.HIGHEST_PROTOCOL)
+            self._run(plan, work_file, threads, on_cell)
+        finally:
+            os.unlink(work_file)
+
+    def _run(self, plan: Plan, work_file: str, threads: int, on_cell) -> None:
+        n = self.config.workers
         try:
             filters_blob = pickle.dumps(list(warnings.filters))
         except Exception:  # noqa: BLE001 - a filter naming something a worker cannot import: its defaults
@@ -53,16 +68,20 @@ class PoolExecutor:
         running: dict[Future, object] = {}  # future -> job or planned cell
         retry: list = []  # to run again (a failed attempt, or one a dying neighbour took down), first
         pool: ProcessPoolExecutor | None = None
+        tokens = itertools.count()
 
         def submit(item) -> None:
             schedule.started(item)
-            running[pool.submit(pool_worker.run, item, name_of(item))] = item
+            token = next(tokens)  # names this attempt: which process started it, if a worker dies
+            future = pool.submit(pool_worker.run, item, token)
+            future.token = token
+            running[future] = item
 
         try:
             while schedule.unfinished() or retry:
                 if pool is None:
                     pool = ProcessPoolExecutor(max_workers=n, mp_context=spawn, initializer=pool_worker.init,
-                                               initargs=(work_blob, threads, filters_blob, started))
+                                               initargs=(work_file, threads, filters_blob, started))
                 while retry and len(running) < n:
                     submit(retry.pop(0))
                 for item in schedule.ready(limit=n - len(running)) if len(running) < n else ():
@@ -95,32 +114,39 @@ class PoolExecutor:
         processes = dict(getattr(pool, "_processes", None) or {})  # pid -> process, before shutdown drops it
         wait(list(running))
         pool.shutdown(wait=True)  # the workers are joined: their exit codes are known
-        where: dict[str, int] = {}
+        where: dict[int, int] = {}  # token of each attempt that started -> pid of its process
         while not started.empty():
             token, pid = started.get()
-            where[token] = pid  # a retried task's latest start wins
+            where[token] = pid
         broken = {f: item for f, item in running.items() if isinstance(f.exception(), BrokenProcessPool)}
         for future in [f for f in running if f not in broken]:  # finished before the break
             self._finish(schedule, running.pop(future), future, on_cell, retry)
 
-        def ended_by_pool(item) -> bool:
-            proc = processes.get(where.get(name_of(item), -1))
-            return proc is not None and proc.exitcode == -signal.SIGTERM
+        def ran_on_the_dead(future) -> bool:  # started, and its process did not end by the pool's hand
+            pid = where.get(future.token)
+            if pid is None:
+                return False  # never started: it was queued when the pool broke
+            proc = processes.get(pid)
+            return proc is None or proc.exitcode != -signal.SIGTERM
 
-        spared = [item for item in broken.values() if ended_by_pool(item)]
-        if len(spared) == len(broken):  # no culprit found (e.g. a worker died while starting): charge all
-            spared = []
+        charged = [f for f in broken if ran_on_the_dead(f)] or list(broken)  # no culprit seen: all of them
+        why = None
+        if not any(f.token in where for f in broken):
+            codes = sorted({p.exitcode for p in processes.values() if p.exitcode not in (0, -signal.SIGTERM)})
+            why = WorkerDied(f"a worker process ended before it ran anything (exit code "
+                             f"{', '.join(map(str, codes)) or '?'}); its error is printed above")
         for future, item in broken.items():
             running.pop(future)
-            if item in spared:
+            if future in charged:
+                self._finish(schedule, item, future, on_cell, retry, why)
+            else:  # taken down with the pool: run again, no attempt counted
                 schedule.running.pop(name_of(item), None)
                 retry.append(item)
-            else:
-                self._finish(schedule, item, future, on_cell, retry)
 
     @staticmethod
-    def _finish(schedule: Schedule, item, future: Future, on_cell, retry: list) -> None:
-        exc = future.exception()
+    def _finish(schedule: Schedule, item, future: Future, on_cell, retry: list,
+                why: BaseException | None = None) -> None:
+        exc = why or future.exception()
         if exc is None:
             try:
                 if not isinstance(item, Job):
