@@ -224,3 +224,19 @@ def test_two_workers_give_the_one_worker_results_from_cold_caches(tmp_path):
     assert files(runs[2]) == files(runs[1]) and any(f.startswith("examples/") for f in files(runs[1]))
     for workers in (1, 2):
         assert json.loads((runs[workers] / "environment.json").read_text())["cpu_threads"] == 1
+
+
+def test_in_process_objects_run_in_this_process_whatever_workers_says(tmp_path, cache_dir):
+    """stf_eval.evaluate with a live network: a suite file's workers = 2 becomes 1 for the run (the
+    objects cannot reach a worker process); an explicit pool executor is a one-line error."""
+    import stf_eval
+    from test_api import NO_SHIFT, _mlp
+
+    from stf_eval.errors import ConfigError
+
+    kw = dict(data="digits", split={"max_train": 200, "max_test": 100}, suites={"calibration": NO_SHIFT},
+              render=False, cache_dir=str(cache_dir))
+    run = stf_eval.evaluate(models={"m": _mlp()}, out=tmp_path / "run", overrides=["executor.workers=2"], **kw)
+    assert run.config["executor"]["workers"] == 1 and len(run.results) > 0
+    with pytest.raises(ConfigError, match="only run in this process"):
+        stf_eval.evaluate(models={"m": _mlp()}, out=tmp_path / "run2", executor=_executor(workers=2), **kw)

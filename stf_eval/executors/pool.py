@@ -69,6 +69,7 @@ class PoolExecutor:
         retry: list = []  # to run again (a failed attempt, or one a dying neighbour took down), first
         pool: ProcessPoolExecutor | None = None
         tokens = itertools.count()
+        where: dict[int, int] = {}  # token of each running attempt that started -> pid of its process
 
         def submit(item) -> None:
             schedule.started(item)
@@ -91,10 +92,13 @@ class PoolExecutor:
                     break
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 if any(isinstance(f.exception(), BrokenProcessPool) for f in done):
-                    self._broken(pool, schedule, running, started, on_cell, retry)
+                    self._broken(pool, schedule, running, started, where, on_cell, retry)
                     pool = None
+                    where.clear()
                     continue
+                _drain(started, where)  # read as it comes: a full pipe would block the workers' starts
                 for future in done:
+                    where.pop(future.token, None)
                     self._finish(schedule, running.pop(future), future, on_cell, retry)
         except KeyboardInterrupt:
             self._stop(pool, running)  # finished jobs and cells are kept
@@ -107,17 +111,14 @@ class PoolExecutor:
             started.close()
         schedule.raise_failures()
 
-    def _broken(self, pool: ProcessPoolExecutor, schedule: Schedule, running: dict, started, on_cell,
-                retry: list) -> None:
+    def _broken(self, pool: ProcessPoolExecutor, schedule: Schedule, running: dict, started, where: dict,
+                on_cell, retry: list) -> None:
         """A worker died: every task in the pool fails at once. Charge the task(s) of the process that
         died; run the others again without counting an attempt (the pool ended them), in a new pool."""
         processes = dict(getattr(pool, "_processes", None) or {})  # pid -> process, before shutdown drops it
         wait(list(running))
         pool.shutdown(wait=True)  # the workers are joined: their exit codes are known
-        where: dict[int, int] = {}  # token of each attempt that started -> pid of its process
-        while not started.empty():
-            token, pid = started.get()
-            where[token] = pid
+        _drain(started, where)
         broken = {f: item for f, item in running.items() if isinstance(f.exception(), BrokenProcessPool)}
         for future in [f for f in running if f not in broken]:  # finished before the break
             self._finish(schedule, running.pop(future), future, on_cell, retry)
@@ -177,3 +178,10 @@ class PoolExecutor:
         for proc in processes:
             proc.join(timeout=10)
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _drain(started, where: dict) -> None:
+    """Read the workers' (token, pid) start messages that have arrived into ``where``."""
+    while not started.empty():
+        token, pid = started.get()
+        where[token] = pid
