@@ -229,9 +229,9 @@ def test_two_workers_give_the_one_worker_results_from_cold_caches(tmp_path):
 def test_in_process_objects_run_in_this_process_whatever_workers_says(tmp_path, cache_dir):
     """stf_eval.evaluate with a live network: a suite file's workers = 2 becomes 1 for the run (the
     objects cannot reach a worker process); an explicit pool executor is a one-line error."""
-    import stf_eval
     from test_api import NO_SHIFT, _mlp
 
+    import stf_eval
     from stf_eval.errors import ConfigError
 
     kw = dict(data="digits", split={"max_train": 200, "max_test": 100}, suites={"calibration": NO_SHIFT},
