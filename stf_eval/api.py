@@ -10,6 +10,7 @@ through ``stf_eval.inprocess``: the configuration names them by a ``ref`` and th
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -329,8 +330,19 @@ def evaluate(models: Mapping[str, ModelLike] | None = None,
         raise ConfigError("executor: in-process networks, samplers and tensors only run on the local executor "
                           "(a worker process cannot see them); use pretrained() weights files and registered "
                           "datasets to scale out")
+    cfg = plan.cfg
+    if plan.objects and getattr(getattr(executor, "config", None), "workers", 1) > 1:
+        raise ConfigError("executor: in-process networks, samplers and tensors only run in this process "
+                          "(a worker process cannot see them); use workers = 1")
+    if plan.objects and executor is None and cfg.executor.workers > 1:
+        # a suite file's pool of workers cannot see the objects: this run evaluates them in this process
+        from dataclasses import replace
+
+        logging.getLogger("stf_eval").info("in-process objects: every job and cell runs in this process "
+                                           "(executor.workers = 1)")
+        cfg = replace(cfg, executor=replace(cfg.executor, workers=1))
     with registered(plan.objects):
-        run_dir = run(plan.cfg, resume=resume, out_dir=str(out) if out is not None else None,
+        run_dir = run(cfg, resume=resume, out_dir=str(out) if out is not None else None,
                       executor=executor, render=render, data=plan.bundle)
     return Run(run_dir)
 

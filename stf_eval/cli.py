@@ -109,6 +109,11 @@ def _executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=("local", "ray"), default=None,
                    help="where jobs run: local (in this process, in order) or ray (default: the file's "
                         "[executor] kind, else local)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="local: run jobs and cells in N worker processes on this machine, each at "
+                        "num_threads torch threads (else CPUs / N); 1 = all in this process (default: "
+                        "the file's executor.workers, else 1). Same numbers as a 1-worker run at the same "
+                        "num_threads")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="ray: 'auto' joins the cluster running here (ray start --head), HOST:PORT another; "
                         "omitted: start a Ray instance on this machine")
@@ -124,6 +129,8 @@ def _run_overrides(args) -> list[str]:
         overrides.append(f"cache_dir={json.dumps(args.cache_dir)}")
     if getattr(args, "executor", None):
         overrides.append(f'executor.kind="{args.executor}"')
+    if getattr(args, "workers", None) is not None:
+        overrides.append(f"executor.workers={args.workers}")
     if getattr(args, "ray_address", None):
         overrides.append(f'executor.address="{args.ray_address}"')
     return overrides

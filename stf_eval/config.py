@@ -102,9 +102,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    """Where the plan's jobs run: in this process, or as Ray tasks (docs/scale-out.md)."""
+    """Where the plan's jobs run: in this process (or a pool of ``workers`` processes on this machine),
+    or as Ray tasks (docs/scale-out.md)."""
 
     kind: Literal["local", "ray"] = "local"
+    workers: int = 1  # local: processes running jobs and cells side by side (1 = all in this process)
     address: str = ""  # ray: "" starts a Ray instance on this machine, "auto" joins a running cluster
     cpus_per_job: float = 1.0  # ray: CPUs each training job and cell reserves
     gpus_per_job: float = 0.0  # ray: GPUs each reserves (0.25 packs four small nets on one GPU)
@@ -113,6 +115,8 @@ class ExecutorConfig:
     storage: Literal["auto", "shared", "object_store"] = "auto"  # how weights reach the workers
 
     def check(self) -> None:
+        require(self.workers >= 1, "workers", "an integer >= 1 (1 = run everything in this process)",
+                self.workers)
         require(self.cpus_per_job > 0, "cpus_per_job", "a positive number", self.cpus_per_job)
         require(self.gpus_per_job >= 0, "gpus_per_job", "a number >= 0", self.gpus_per_job)
         require(self.num_cpus >= 0, "num_cpus", "0 (all) or a positive integer", self.num_cpus)

@@ -29,9 +29,10 @@ def git_commit(path: Path | None = None) -> str:
     return "unknown"
 
 
-def describe(device: torch.device, deterministic: bool = False) -> dict:
+def describe(device: torch.device, deterministic: bool = False, threads: int = 0) -> dict:
     """Where and how a run happened; ``numerics`` holds what changes trained weights (device type,
-    torch version, TF32 / deterministic flags on CUDA) and ``deterministic`` the run's option."""
+    torch version, TF32 / deterministic flags on CUDA) and ``deterministic`` the run's option;
+    ``cpu_threads``: torch's threads of the jobs and cells (``threads``, else this process's count)."""
     from .device import numerics
 
     versions = {}
@@ -48,7 +49,7 @@ def describe(device: torch.device, deterministic: bool = False) -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
+        "cpu_threads": threads or torch.get_num_threads(),
         "device": dev,
         "cuda": torch.version.cuda,
         "deterministic": bool(deterministic),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,13 +269,39 @@ def make_plan(cfg: RunConfig, data: DataBundle, cache: CheckpointCache, *, done:
 
 # -- running one job or cell (what an executor calls, in process or on a worker) -----------------
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, e.g. under taskset or a
+    container's cpuset; else every CPU of the machine)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_threads(workers: int) -> int:
+    """torch threads of each of ``workers`` local worker processes when ``num_threads`` is unset."""
+    return max(1, usable_cpus() // workers)
+
+
+def job_threads(cfg: RunConfig) -> int:
+    """torch's CPU threads for every job and cell of the run: ``num_threads`` if set; else, with a pool of
+    N > 1 local workers, CPUs // N each (the cores shared out, not oversubscribed); else torch's default
+    in this process. The run records it (environment.json ``cpu_threads``)."""
+    if cfg.num_threads:
+        return cfg.num_threads
+    if cfg.executor.kind == "local" and cfg.executor.workers > 1:
+        return default_threads(cfg.executor.workers)
+    return torch.get_num_threads()
+
+
 @dataclass
 class Work:
     """Everything a job or a cell needs, in one picklable object (shipped once to Ray's object store).
 
     ``evaluate(work, cell, cache, run_dir, device) -> dict`` evaluates a cell (the runner's function).
-    ``threads``: torch's CPU threads for every job and cell, wherever it runs: kernels sum in another
-    order with another thread count, so a worker uses the driver's count to give the driver's numbers.
+    ``threads``: torch's CPU threads for every job and cell, wherever it runs (the driver sets it from
+    ``job_threads``): kernels sum in another order with another thread count, so a worker uses the
+    driver's count to give the driver's numbers.
     """
 
     cfg: RunConfig

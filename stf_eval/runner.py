@@ -29,7 +29,7 @@ from .examples import write_examples
 from .models.base import ModelPlugin
 from .params import as_dict
 from .paths import inside
-from .plan import Cell, Plan, Work, build_model, make_plan
+from .plan import Cell, Plan, Work, build_model, job_threads, make_plan
 from .registry import MODELS, SUITES
 from .seeding import seeded
 
@@ -159,7 +159,9 @@ def run(cfg: RunConfig, *, resume: bool = False, out_dir: str | None = None, exe
     cells_dir = inside(run_dir, "cells")
     cells_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(resolved_dict(cfg), indent=1))
-    atomic_write_text(run_dir / "environment.json", json.dumps(describe(device, cfg.deterministic), indent=1))
+    threads = job_threads(cfg)  # what every job and cell runs at, in this process or a worker
+    atomic_write_text(run_dir / "environment.json", json.dumps(describe(device, cfg.deterministic, threads),
+                                                               indent=1))
     atomic_write_text(run_dir / "splits.json", json.dumps(split_record(data)))
     log.info("run %s: %d model(s) x %d seed(s) on %s, device %s -> %s; %d of %d training job(s) and %d of %d "
              "cell(s) to run", cfg.name, len(cfg.models), len(cfg.seeds), data.name, device, run_dir,
@@ -171,7 +173,7 @@ def run(cfg: RunConfig, *, resume: bool = False, out_dir: str | None = None, exe
         results[cell.label] = result
 
     work = Work(cfg=cfg, data=data, splits=plan.splits, cache_root=str(Path(cfg.cache_dir).expanduser().resolve()),
-                run_dir=str(run_dir), evaluate=evaluate_cell, threads=torch.get_num_threads())
+                run_dir=str(run_dir), evaluate=evaluate_cell, threads=threads)
     (executor or make_executor(cfg.executor, progress=progress)).run(plan, work, keep)
     write_results(run_dir, [results[c.label] for c in cells], cfg.name)
     if render:

@@ -1,4 +1,5 @@
-"""Run the plan in this process: each job in plan order, each cell as soon as its stages are trained."""
+"""Run the plan in this process: each job in plan order, each cell as soon as its stages are trained.
+With ``workers`` > 1, in a pool of that many processes on this machine instead (``pool.py``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ class LocalExecutor:
 
     def run(self, plan: Plan, work: Work, on_cell) -> None:
         """Train the pending jobs and evaluate the pending cells; ``on_cell(cell, result)`` keeps each."""
+        if self.config.workers > 1:
+            from .pool import PoolExecutor
+
+            return PoolExecutor(self.config, progress=self.progress).run(plan, work, on_cell)
         schedule = Schedule(plan, self.config.max_retries, self.progress)
         try:
             while True:
