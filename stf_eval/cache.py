@@ -97,6 +97,27 @@ class CheckpointCache:
         finally:
             lock.release()
 
+    @contextmanager
+    def try_lock(self, key: str):
+        """Hold the lock of ``key`` if nobody else does: yields True (held) or False (another process
+        has it; nothing is held). Lets a process take other work instead of waiting (membership pools)."""
+        if self.root is None:
+            yield True
+            return
+        from filelock import FileLock, Timeout
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(inside(self.root, f"{key}.lock")))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
     def load(self, key: str, module: torch.nn.Module) -> dict | None:
         """Fill ``module`` from the cache; return the stored metadata, or None on a miss."""
         if self.root is None:

@@ -97,3 +97,16 @@ def test_fast_max_pool_equals_torchs_values_and_gradients_ties_included():
     odd = torch.randn(2, 3, 7, 7)
     assert torch.equal(pool(odd), F.max_pool2d(odd, 2))
     assert torch.equal(MaxPool2d(3, 2)(odd), F.max_pool2d(odd, 3, 2))
+
+
+def test_try_lock_says_whether_it_holds_the_key(tmp_path):
+    cache = CheckpointCache(tmp_path)
+    with cache.lock("k"):  # another holder (a second lock object on the same file, as another process)
+        with cache.try_lock("k") as held:
+            assert held is False
+        with cache.try_lock("other") as held:
+            assert held is True
+    with cache.try_lock("k") as held:
+        assert held is True
+    with CheckpointCache(None).try_lock("k") as held:  # no cache directory: nothing to share
+        assert held is True

@@ -467,12 +467,24 @@ class Membership(SuitePlugin):
         p_true = np.empty((n_models, len(pool)))
         log_probs = None
         start, trained, cached = time.perf_counter(), 0.0, 0
-        for r, (half, seed) in enumerate(plan.builds()):
-            # the shared models' predictions are drawn from (reference_seed, model, r): the same for
-            # every cell seed; the target design's from the cell seed, as before
-            draw = ((p.reference_seed, "membership-reference-predict", ctx.model_name, r) if plan.shared
-                    else (ctx.seed, "reference-predict", ctx.model_name, seed))
-            lp, seconds, from_cache = self._pool_log_probs(half, seed, split, draw, ctx)
+        builds = list(enumerate(plan.builds()))
+        # Two passes: a model whose pool predictions another process (a parallel cell of the same pool)
+        # is computing right now is skipped at first and read from the cache at the end, so parallel
+        # cells share the work instead of repeating it. The values do not depend on who computes them.
+        results = {}
+        for blocking in (False, True):
+            for r, (half, seed) in builds:
+                if r in results:
+                    continue
+                # the shared models' predictions are drawn from (reference_seed, model, r): the same for
+                # every cell seed; the target design's from the cell seed, as before
+                draw = ((p.reference_seed, "membership-reference-predict", ctx.model_name, r) if plan.shared
+                        else (ctx.seed, "reference-predict", ctx.model_name, seed))
+                got = self._pool_log_probs(half, seed, split, draw, ctx, blocking=blocking)
+                if got is not None:
+                    results[r] = got
+        for r, _ in builds:
+            lp, seconds, from_cache = results[r]
             if log_probs is None:
                 log_probs = np.empty((n_models, *lp.shape))
             log_probs[r] = lp
@@ -497,24 +509,33 @@ class Membership(SuitePlugin):
                  f"stages took {trained:.1f} s when trained)")
         return refs
 
-    def _pool_log_probs(self, half: Split, seed: int, pool: Split, draw: tuple, ctx):
+    def _pool_log_probs(self, half: Split, seed: int, pool: Split, draw: tuple, ctx, blocking: bool = True):
         """log of model (half, seed)'s predictive mean on the pool -> (log_probs, training seconds, cached).
 
         The result is kept in the checkpoint cache under a key naming the recipe, the training half,
         the seed, the pool and the draw, so later cell seeds (shared design) and later runs read it
         instead of loading the model and predicting again; the values are those computed first,
-        exactly (float64)."""
+        exactly (float64). It is computed under the key's lock; with ``blocking`` False, None when
+        another process holds it."""
         from ..cache import cache_key
         from ..params import as_dict
 
         build = getattr(getattr(ctx, "model", None), "ctx", None)
         store = getattr(build, "cache", None)
-        key = None
-        if store is not None and store.root is not None:
-            key = cache_key({"kind": "membership-pool-log-probs", "model": build.spec.as_dict(),
-                             "net": as_dict(build.net), "train": as_dict(build.train), "data": half.fingerprint,
-                             "seed": seed, "pool": pool.fingerprint, "draw": [str(d) for d in draw],
-                             "device": torch.device(ctx.device).type})
+        if store is None or store.root is None:
+            return self._pool_log_probs_locked(half, seed, pool, draw, ctx, None, None)
+        key = cache_key({"kind": "membership-pool-log-probs", "model": build.spec.as_dict(),
+                         "net": as_dict(build.net), "train": as_dict(build.train), "data": half.fingerprint,
+                         "seed": seed, "pool": pool.fingerprint, "draw": [str(d) for d in draw],
+                         "device": torch.device(ctx.device).type})
+        if blocking:
+            with store.lock(key):
+                return self._pool_log_probs_locked(half, seed, pool, draw, ctx, store, key)
+        with store.try_lock(key) as held:
+            return self._pool_log_probs_locked(half, seed, pool, draw, ctx, store, key) if held else None
+
+    def _pool_log_probs_locked(self, half: Split, seed: int, pool: Split, draw: tuple, ctx, store, key):
+        if key is not None:
             holder = torch.nn.Module()
             holder.register_buffer("log_probs", torch.empty(len(pool), ctx.data.num_classes, dtype=torch.float64))
             meta = store.load(key, holder)
