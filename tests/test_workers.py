@@ -154,6 +154,10 @@ def test_pool_ctrl_c_ends_the_workers_at_once(tmp_path):
     plan = _plan([("long", "sleep", (), ""), ("ok", "stage", (), "")], cells)
 
     def interrupt(cell, result):
+        # the interrupt must find the long job running: under load its worker may start after the cell ends
+        deadline = time.monotonic() + WAIT_S / 4
+        while not (tmp_path / "long.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         raise KeyboardInterrupt
 
     start = time.monotonic()
