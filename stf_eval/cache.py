@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import tempfile
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,29 +79,19 @@ class CheckpointCache:
         Training a key happens under its lock, so two runs sharing a cache never train the same job
         twice or read a half-written file: the second waits, then finds the entry and loads it.
         """
-        if self.root is None:
-            with nullcontext():
-                yield
-            return
-        from filelock import FileLock, Timeout
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(inside(self.root, f"{key}.lock")))
-        try:
-            lock.acquire(timeout=2)
-        except Timeout:
-            log.info("waiting for another run that is training cache entry %s", key)
-            lock.acquire()
-        try:
+        with self._locked(key, wait=True):
             yield
-        finally:
-            lock.release()
 
     @contextmanager
     def try_lock(self, key: str):
         """Hold the lock of ``key`` if nobody else does: yields True (held) or False (another process
         has it; nothing is held). Lets a process take other work instead of waiting (membership pools)."""
-        if self.root is None:
+        with self._locked(key, wait=False) as held:
+            yield held
+
+    @contextmanager
+    def _locked(self, key: str, wait: bool):
+        if self.root is None:  # no directory, nobody to share it with
             yield True
             return
         from filelock import FileLock, Timeout
@@ -109,10 +99,13 @@ class CheckpointCache:
         self.root.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(inside(self.root, f"{key}.lock")))
         try:
-            lock.acquire(timeout=0)
+            lock.acquire(timeout=2 if wait else 0)
         except Timeout:
-            yield False
-            return
+            if not wait:
+                yield False
+                return
+            log.info("waiting for another run that is training cache entry %s", key)
+            lock.acquire()
         try:
             yield True
         finally:

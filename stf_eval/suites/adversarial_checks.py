@@ -20,7 +20,6 @@ from .. import attacks
 from ..seeding import seeded
 from ..stats import proportion_interval
 
-
 #: fewer Square queries than this barely attack (100 queries left 0.938 of 0.945 correct): not run
 MIN_SQUARE_QUERIES = 500
 #: step size scale of the reference PGD in converged_in_steps (step = scale * eps / steps; Madry et al.)
