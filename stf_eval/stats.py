@@ -57,6 +57,11 @@ def _midranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _auc_of_ranks(tz: np.ndarray, m: int, n: int) -> float:
+    """AUC from the midranks of the pooled scores, positives first (Mann-Whitney U / (m n))."""
+    return (tz[:m].sum() - m * (m + 1) / 2) / (m * n)
+
+
 def auc_components(pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """(AUC, V10 [m], V01 [n]): the AUC of positives ``pos`` over negatives ``neg`` (ties count half)
     and DeLong's structural components (DeLong, DeLong & Clarke-Pearson 1988; midrank form of
@@ -67,7 +72,7 @@ def auc_components(pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.ndarray,
         return math.nan, np.full(m, np.nan), np.full(n, np.nan)
     tz = _midranks(np.concatenate([pos, neg]))
     tx, ty = _midranks(pos), _midranks(neg)
-    auc = (tz[:m].sum() - m * (m + 1) / 2) / (m * n)
+    auc = _auc_of_ranks(tz, m, n)
     v10 = (tz[:m] - tx) / n  # per positive: fraction of negatives below it
     v01 = 1.0 - (tz[m:] - ty) / m  # per negative: fraction of positives above it
     return float(auc), v10, v01
@@ -113,7 +118,7 @@ def auc_fast(pos: np.ndarray, neg: np.ndarray) -> float:
     if m == 0 or n == 0:
         return math.nan
     tz = _midranks(np.concatenate([pos, neg]))
-    return float((tz[:m].sum() - m * (m + 1) / 2) / (m * n))
+    return float(_auc_of_ranks(tz, m, n))
 
 
 # -- ECE -----------------------------------------------------------------------------------------------

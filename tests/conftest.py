@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# at most 2 torch threads per test process; with pytest-xdist's N workers, the cores shared among them
-torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 # a fresh process per trained stage measures its step memory: off here (tests that need it turn it on)
 os.environ.setdefault("STF_EVAL_STEP_MEMORY", "0")
 
