@@ -162,3 +162,34 @@ def test_midranks_and_auc_fast_match_scipy_and_sklearn_with_ties():
     assert stats.auc_fast(pos, neg) == pytest.approx(expected, abs=1e-12)
     assert stats.auc_fast(pos, neg) == pytest.approx(stats.auc_components(pos, neg)[0], abs=1e-12)
     assert np.isnan(stats.auc_fast(pos, np.array([])))
+
+
+def test_resampled_auc_and_tpr_equal_the_metrics_on_the_expanded_resample():
+    """The report's bootstraps score a resample from its counts: the same numbers, to the last bit, as
+    ranking the resampled arrays (ties, infinities and NaN included)."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        m, n = int(rng.integers(1, 80)), int(rng.integers(1, 80))
+        if trial % 2:
+            pos, neg = rng.integers(0, 6, m).astype(float), rng.integers(0, 6, n).astype(float)  # many ties
+        else:
+            pos, neg = rng.normal(0.5, 1, m), rng.normal(0, 1, n)
+        if trial % 5 == 0:
+            pos[0], neg[-1] = np.inf, -np.inf
+        if trial % 11 == 0:
+            neg[0] = np.nan  # order-dependent ranks: the expanded resample is scored instead
+        auc = stats.ResampledAuc(pos, neg)
+        tprs = {f: stats.ResampledTpr(pos, neg, f) for f in (0.0, 0.01, 0.1, 0.5)}
+        for _ in range(4):
+            i, j = rng.integers(0, m, m), rng.integers(0, n, n)
+            cp, cq = stats.resample_counts(i, m), stats.resample_counts(j, n)
+            expected = stats.auc_fast(pos[i], neg[j])
+            assert auc(cp, cq) == expected or (np.isnan(expected) and np.isnan(auc(cp, cq)))
+            if np.isfinite(np.r_[pos, neg]).all():
+                labels = np.r_[np.ones(m), np.zeros(n)]
+                assert auc(cp, cq) == pytest.approx(roc_auc_score(labels, np.r_[pos[i], neg[j]]), abs=1e-12)
+            for f, tpr in tprs.items():
+                assert tpr(cp, cq) == stats.tpr_at_fpr(pos[i], neg[j], f)
+    assert np.isnan(stats.ResampledAuc(np.ones(3), np.zeros(2))(np.zeros(3, int), np.ones(2, int)))

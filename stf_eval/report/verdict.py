@@ -500,15 +500,19 @@ def _paired_auroc(comp: Comparison, units, members: list[str], score: str, key: 
         comp.method = (f"paired DeLong test, {n_in:,} test vs {n_out:,} OOD examples "
                        f"({len(members)} set(s), mean AUROC), 1 seed")
     else:
+        # each draw's AUROCs from the draw's counts: the sets are ranked once, not per draw
+        auc_a = [[stats.ResampledAuc(i[0], o[0]) for o in os_] for i, os_ in zip(ins, outs)]
+        auc_b = [[stats.ResampledAuc(i[1], o[1]) for o in os_] for i, os_ in zip(ins, outs)]
+
         def diff(s, idx):
-            i_in, rest = idx[0], idx[1:]
-            a = np.mean([stats.auc_fast(ins[s][0][i_in], o[0][j]) for o, j in zip(outs[s], rest)])
-            b = np.mean([stats.auc_fast(ins[s][1][i_in], o[1][j]) for o, j in zip(outs[s], rest)])
+            counts = [stats.resample_counts(j, n) for j, n in zip(idx, sizes[s])]
+            a = np.mean([auc(counts[0], c) for auc, c in zip(auc_a[s], counts[1:])])
+            b = np.mean([auc(counts[0], c) for auc, c in zip(auc_b[s], counts[1:])])
             return a - b
 
         sizes = [(len(i[0]), *(len(o[0]) for o in os_)) for i, os_ in zip(ins, outs)]
         global RESAMPLES
-        saved, RESAMPLES = RESAMPLES, min(RESAMPLES, 500)  # each draw ranks every set twice
+        saved, RESAMPLES = RESAMPLES, min(RESAMPLES, 500)  # each draw scores every set twice
         try:
             comp.test = _bootstrap(diff, sizes, key)
         finally:
@@ -665,12 +669,18 @@ def _privacy(claim: Claim, run, df, stf: str, dets: list[str], arrays: Arrays) -
                 comp.test = stats.auc_diff_delong(sa[0][0], [sa[0][1]], sb[0][0], [sb[0][1]])
                 comp.method = f"paired DeLong test, {len(sa[0][0]):,} members vs {n_neg:,} non-members, 1 target"
             else:
-                fn = stats.auc_fast if metric == "mia_auc" else (lambda p, n, f=_TPR[metric]: stats.tpr_at_fpr(p, n, f))
-
-                def diff(s, idx, fn=fn):
-                    return fn(sa[s][0][idx[0]], sa[s][1][idx[1]]) - fn(sb[s][0][idx[0]], sb[s][1][idx[1]])
-
+                # each draw's metric from the draw's counts (the same numbers as on the resampled arrays)
+                if metric == "mia_auc":
+                    on_a, on_b = [stats.ResampledAuc(*x) for x in sa], [stats.ResampledAuc(*x) for x in sb]
+                else:
+                    on_a = [stats.ResampledTpr(*x, _TPR[metric]) for x in sa]
+                    on_b = [stats.ResampledTpr(*x, _TPR[metric]) for x in sb]
                 sizes = [(len(x[0]), len(x[1])) for x in sa]
+
+                def diff(s, idx, on_a=on_a, on_b=on_b, sizes=sizes):
+                    members, others = (stats.resample_counts(j, n) for j, n in zip(idx, sizes[s]))
+                    return on_a[s](members, others) - on_b[s](members, others)
+
                 global RESAMPLES
                 saved, RESAMPLES = RESAMPLES, min(RESAMPLES, 1000)
                 try:
