@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,12 +29,26 @@ class AlwaysDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # keep a unit with probability 1 - p and scale it by 1 / (1 - p), as F.dropout does; the mask is one
         # uniform draw compared with p, written in place: F.dropout's bernoulli_ mask costs ~3x more on
-        # CPU, where masking the S-fold expanded activations is about half of MC dropout's prediction time
-        keep = torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
+        # CPU, where masking the S-fold expanded activations is a third to a half of MC dropout's time
+        keep = uniform_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
         return x * keep
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def uniform_like(x: torch.Tensor) -> torch.Tensor:
+    """U[0, 1) draws of ``x``'s shape, float32 (24 random bits each, as ``torch.rand_like``).
+
+    On the CPU they come from numpy's PCG64, seeded by one draw of torch's generator (so ``seeded``
+    blocks and ``torch.manual_seed`` govern them as they govern every other draw): it fills a large
+    mask about twice as fast as ``torch.rand_like``'s Mersenne twister on this machine, whatever the
+    thread count. Other devices and dtypes use ``torch.rand_like``.
+    """
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return torch.rand_like(x)
+    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    return torch.from_numpy(np.random.Generator(np.random.PCG64(seed)).random(tuple(x.shape), dtype=np.float32))
 
 
 def insert_dropout(net: nn.Module, placement: str, p: float, example_input: torch.Tensor) -> nn.Module:
