@@ -414,3 +414,62 @@ def test_a_net_that_draws_nothing_gives_s_identical_samples_from_one_pass():
     net = small_net()
     out = sample_logits(net, torch.rand(3, 1, 8, 8), 4)
     assert out.shape == (4, 3, 10) and torch.equal(out[0], out[3])
+
+
+@pytest.mark.parametrize("kind", ["mc_dropout", "stf_bnn", "full_bnn"])
+def test_relus_work_in_place_only_inside_a_no_grad_expanded_pass(kind):
+    """The expanded pass runs the ReLUs of a Sequential net in place: the same samples as out of place
+    (same draws), the caller's input untouched even when the net starts with a ReLU, every module
+    restored afterwards, ReLUs of other modules and of gradient passes left out of place."""
+    from stf_eval.bayes import sampling
+    from stf_eval.models.mc_dropout import insert_dropout
+
+    x = torch.randn(6, 1, 8, 8)  # negative entries: an in-place ReLU on the caller's tensor would show
+    net, layers = nn.Sequential(nn.ReLU(), *small_net()), []
+    if kind == "mc_dropout":
+        net = insert_dropout(net, "hidden", 0.3, x[:1]).eval()
+    else:
+        net, _ = convert(net, "first" if kind == "stf_bnn" else "all", x[:1], VariationalInit(rho_init=-2.0))
+        layers = variational_layers(net.eval())
+    seen = []
+    relus = [m for m in net.modules() if isinstance(m, nn.ReLU)]
+    hooks = [r.register_forward_hook(lambda m, i, o: seen.append(m.inplace)) for r in relus]
+    before = x.clone()
+    outs = []
+    for in_place in (False, True):
+        original = sampling._relus_in_place
+        if not in_place:
+            sampling._relus_in_place = lambda net, enabled: contextlib.nullcontext()
+        try:
+            torch.manual_seed(3)
+            with torch.no_grad():
+                outs.append(sample_logits(net, x, 4, layers))
+        finally:
+            sampling._relus_in_place = original
+    assert torch.equal(outs[0], outs[1]) and torch.equal(x, before)
+    assert any(seen) and not any(r.inplace for r in relus)  # some ran in place; all restored
+    seen.clear()
+    sample_logits(net, x.clone().requires_grad_(True), 4, layers).sum().backward()
+    assert seen and not any(seen)  # a pass that records gradients keeps every ReLU out of place
+
+    class Residual(nn.Module):  # reuses its input after the ReLU: never switched
+        def __init__(self):
+            super().__init__()
+            self.relu = nn.ReLU()
+
+        def forward(self, h):
+            return h + self.relu(h)
+
+    res = nn.Sequential(Residual(), AlwaysSample())
+    with torch.no_grad():
+        out = sample_logits(res, x, 3)
+    assert torch.allclose(out[0], x + x.clamp_min(0)) and not res[0].relu.inplace
+
+
+class AlwaysSample(nn.Module):
+    """Marks a Sequential as drawing samples without changing its values."""
+
+    samples_in_eval = True
+
+    def forward(self, h):
+        return h

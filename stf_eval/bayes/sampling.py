@@ -88,12 +88,40 @@ def _expanded_pass(net: nn.Module, x: torch.Tensor, n_samples: int, layers: Sequ
         layer.sample_groups = n_samples
         layer.shared_input = layer.fed_by_input or (k > 0 and layer is net[0])
     try:
-        out = net(repeat_batch(x, n_samples))
+        with _relus_in_place(net, not torch.is_grad_enabled()):
+            out = net(repeat_batch(x, n_samples))
     finally:
         for layer in layers:
             layer.sample_groups = 1
             layer.shared_input = False
     return out.reshape(x.shape[0], n_samples, *out.shape[1:]).transpose(0, 1).contiguous()
+
+
+@contextmanager
+def _relus_in_place(net: nn.Module, enabled: bool) -> Iterator[None]:
+    """Within the block, the ``nn.ReLU`` children of ``net`` and of the ``nn.Sequential`` containers
+    nested in it (when ``net`` is one) work in place. In a Sequential each child's output feeds only
+    the next child, and the expanded pass feeds ``net`` a fresh copy of its input, so nothing else
+    sees the overwritten activation; a ReLU in any other module (a residual block that reuses its
+    input) is left alone, as is every ReLU while a gradient is recorded. Why: on this CPU a ReLU that
+    writes a fresh S-fold expanded activation measured ~5-10x the cost of one written in place
+    (fresh pages), 15-20% of an MC dropout or STF-BNN prediction; the values are the same."""
+    relus: list[nn.ReLU] = []
+    if enabled and isinstance(net, nn.Sequential):
+        stack = [net]
+        while stack:
+            for child in stack.pop():
+                if isinstance(child, nn.ReLU) and not child.inplace:
+                    relus.append(child)
+                elif isinstance(child, nn.Sequential):
+                    stack.append(child)
+    for relu in relus:
+        relu.inplace = True
+    try:
+        yield
+    finally:
+        for relu in relus:
+            relu.inplace = False
 
 
 @contextmanager

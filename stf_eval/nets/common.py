@@ -36,8 +36,9 @@ class MaxPool2d(nn.MaxPool2d):
         if (self._pairs_of(2) and not self.return_indices and not self.ceil_mode and x.dim() == 4
                 and x.device.type == "cpu" and x.is_contiguous() and x.shape[-1] % 2 == 0
                 and x.shape[-2] % 2 == 0 and not (torch.is_grad_enabled() and x.requires_grad)):
-            return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
-                                 torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+            out = torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2])  # one fresh tensor, then in place
+            torch.maximum(out, x[..., 1::2, 0::2], out=out)
+            return torch.maximum(out, x[..., 1::2, 1::2], out=out)
         return super().forward(x)
 
     def _pairs_of(self, k: int) -> bool:
