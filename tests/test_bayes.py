@@ -433,7 +433,8 @@ def test_relus_work_in_place_only_inside_a_no_grad_expanded_pass(kind):
         layers = variational_layers(net.eval())
     seen = []
     relus = [m for m in net.modules() if isinstance(m, nn.ReLU)]
-    hooks = [r.register_forward_hook(lambda m, i, o: seen.append(m.inplace)) for r in relus]
+    for relu in relus:
+        relu.register_forward_hook(lambda m, i, o: seen.append(m.inplace))
     before = x.clone()
     outs = []
     for in_place in (False, True):
