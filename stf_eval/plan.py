@@ -332,7 +332,7 @@ class Work:
         cache = CheckpointCache(cache_root or self.cache_root)
         spec = self.cfg.model(job.build.model)
         # a membership reference's stages report no step memory: only a cell's own model is measured, and
-        # each measurement is a fresh process (seconds of start-up, times tens of reference stages)
+        # each measurement is a fresh process (a fraction of a second, times tens of reference stages)
         extra = {} if job.build.split == "train" else {"measure_step_memory": False}
         model = build_model(spec, self.cfg, self.bundle(job.build.split), job.build.seed, self.device(), cache,
                             context_cls=JobContext, target=job.key, needs=job.deps, **extra)

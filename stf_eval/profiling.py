@@ -169,7 +169,8 @@ def _measure_blob_here(blob: dict, device: torch.device, threads: int) -> dict:
 def measure_train_step(step: dict, device: torch.device, timeout: float = 300.0) -> dict:
     """Peak memory (MiB) of one training step of ``step`` (recorded by ``training.fit``), in isolation.
 
-    CPU: replayed in a fresh Python process (no allocator or library state of this one), RSS growth
+    CPU: replayed in a fresh process (a child forked from a helper interpreter that only imported torch,
+    see ``_StepMemoryServer``; else a fresh interpreter): no allocator or library state of this one, RSS growth
     of one full-batch step over the RSS after a two-example warm-up step. CUDA: in this process on a
     copy, ``max_memory_allocated`` growth after a reset. Every model is measured from the same point:
     weights, optimizer state and the batch already on the device. Returns {"mb", "method", "batch"}
@@ -193,6 +194,9 @@ def measure_train_step(step: dict, device: torch.device, timeout: float = 300.0)
         fh.write(data)
         path = fh.name
     try:
+        forked = _measure_in_forked_process(path, torch.get_num_threads(), timeout)
+        if forked is not None:
+            return forked
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         out = subprocess.run([sys.executable, "-m", "stf_eval.profiling", path, str(torch.get_num_threads())],
                              capture_output=True, text=True, timeout=timeout, env=env)
@@ -204,6 +208,96 @@ def measure_train_step(step: dict, device: torch.device, timeout: float = 300.0)
         return {"mb": None, "method": f"unavailable: {type(exc).__name__}"}
     finally:
         os.unlink(path)
+
+
+class _StepMemoryServer:
+    """A helper interpreter that imports torch once and forks a fresh child for each step measurement
+    (``python -m stf_eval.profiling --serve``): the child has a fresh address space and no allocator
+    state of the training process, like a fresh interpreter, without its ~4 s of imports. Requests and
+    answers are one line each (blob path and threads in, the JSON result out). Why by hand: a
+    multiprocessing forkserver re-imports the caller's main module in every child (a user script
+    without a main guard would run again); this server runs nothing but the measurement."""
+
+    def __init__(self):
+        self.proc = None
+
+    def measure(self, path: str, threads: int, timeout: float) -> dict | None:
+        """The result, or None where the server cannot run here (the caller starts a fresh interpreter)."""
+        import json
+        import select
+        import subprocess
+        import sys
+
+        if os.name != "posix" or not hasattr(os, "fork"):
+            return None
+        if self.proc is None or self.proc.poll() is not None:
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+            try:
+                self.proc = subprocess.Popen([sys.executable, "-m", "stf_eval.profiling", "--serve"], env=env,
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                             stderr=subprocess.DEVNULL, text=True, bufsize=1)
+            except OSError:
+                return None
+        try:
+            self.proc.stdin.write(f"{threads}\t{path}\n")
+            self.proc.stdin.flush()
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            line = self.proc.stdout.readline() if ready else ""
+        except (OSError, ValueError):
+            line = ""
+        if not line:
+            self.close()
+            return {"mb": None, "method": "unavailable: the measuring process did not answer in time"}
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+_SERVER = _StepMemoryServer()
+
+
+def _measure_in_forked_process(path: str, threads: int, timeout: float) -> dict | None:
+    return _SERVER.measure(path, threads, timeout)
+
+
+def _serve() -> int:
+    """The server's loop: fork a child per request; the child measures and writes its JSON line."""
+    import json
+    import sys
+
+    # what every replay would otherwise import in each child: an optimizer's lazy torch._dynamo import
+    # (~3 s here) and opacus for DP-SGD steps
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    from . import training  # noqa: F401
+    try:
+        import opacus  # noqa: F401
+    except ImportError:
+        pass
+    for line in sys.stdin:
+        threads, _, path = line.rstrip("\n").partition("\t")
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the measuring child
+            os.close(read_end)
+            try:
+                result = _measure_blob_here(torch.load(path, weights_only=False), torch.device("cpu"), int(threads))
+            except Exception as exc:  # noqa: BLE001 - reported as the figure's method
+                result = {"mb": None, "method": f"unavailable: {type(exc).__name__}: {exc}"[:200]}
+            os.write(write_end, json.dumps(result).encode())
+            os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as fh:
+            answer = fh.read().decode()
+        _, status = os.waitpid(pid, 0)
+        if not answer:
+            answer = json.dumps({"mb": None, "method": f"unavailable: the measuring process ended (status {status})"})
+        print(answer, flush=True)
+    return 0
 
 
 # -- a distribution-free interval for a median ---------------------------------------------------------------
@@ -232,6 +326,9 @@ def median_interval(values, confidence: float = 0.95) -> tuple[float, float, flo
 
 def _main(argv: list[str]) -> int:
     import json
+
+    if argv[:1] == ["--serve"]:
+        return _serve()
 
     blob = torch.load(argv[0], weights_only=False)
     print(json.dumps(_measure_blob_here(blob, torch.device("cpu"), int(argv[1]) if len(argv) > 1 else 1)))

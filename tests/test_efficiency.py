@@ -248,3 +248,24 @@ def test_median_interval_coverage_matches_the_binomial(n):
         assert 1 - 2 * binom.cdf(k, n, 0.5) < 0.95 <= cover
     else:
         assert (low, high) == (1, n)
+
+
+@pytest.mark.slow  # starts the helper interpreter twice (~8 s each here)
+def test_step_memory_children_fork_from_one_server_that_is_restarted_when_gone():
+    """Each CPU measurement runs in a freshly forked child of one helper interpreter (torch imported
+    once); a helper that died is replaced on the next call."""
+    from stf_eval import profiling
+    from stf_eval.training import StepOptions, cross_entropy_loss
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    step = {"net": net, "loss_fn": cross_entropy_loss, "optimizer": torch.optim.SGD(net.parameters(), lr=0.1),
+            "train_mode": True, "options": StepOptions(), "x": torch.rand(8, 1, 4, 4), "y": torch.randint(0, 3, (8,))}
+    first = profiling.measure_train_step(step, torch.device("cpu"))
+    server = profiling._SERVER.proc
+    second = profiling.measure_train_step(step, torch.device("cpu"))
+    assert first["method"] == second["method"] == profiling.STEP_METHOD_CPU and second["batch"] == 8
+    assert server is not None and profiling._SERVER.proc is server  # the same helper answered twice
+    server.kill()
+    server.wait()
+    third = profiling.measure_train_step(step, torch.device("cpu"))
+    assert third["method"] == profiling.STEP_METHOD_CPU and profiling._SERVER.proc.pid != server.pid
