@@ -448,6 +448,10 @@ def test_relus_work_in_place_only_inside_a_no_grad_expanded_pass(kind):
         finally:
             sampling._relus_in_place = original
     assert torch.equal(outs[0], outs[1]) and torch.equal(x, before)
+    one = x[:1].clone()  # one example: the S-fold batch is a stride-0 view of it, copied before ReLUs
+    with torch.no_grad():
+        assert sample_logits(net, one, 4, layers).shape == (4, 1, 10)
+    assert torch.equal(one, x[:1])
     assert any(seen) and not any(r.inplace for r in relus)  # some ran in place; all restored
     seen.clear()
     sample_logits(net, x.clone().requires_grad_(True), 4, layers).sum().backward()

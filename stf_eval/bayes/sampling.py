@@ -88,8 +88,12 @@ def _expanded_pass(net: nn.Module, x: torch.Tensor, n_samples: int, layers: Sequ
         layer.sample_groups = n_samples
         layer.shared_input = layer.fed_by_input or (k > 0 and layer is net[0])
     try:
-        with _relus_in_place(net, not torch.is_grad_enabled()):
-            out = net(repeat_batch(x, n_samples))
+        in_place = not torch.is_grad_enabled()
+        rows = repeat_batch(x, n_samples)
+        if in_place and rows.data_ptr() == x.data_ptr():  # a view of x (one example): not ours to overwrite
+            rows = rows.clone(memory_format=torch.contiguous_format)
+        with _relus_in_place(net, in_place):
+            out = net(rows)
     finally:
         for layer in layers:
             layer.sample_groups = 1
