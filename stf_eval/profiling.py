@@ -170,7 +170,7 @@ def measure_train_step(step: dict, device: torch.device, timeout: float = 300.0)
     """Peak memory (MiB) of one training step of ``step`` (recorded by ``training.fit``), in isolation.
 
     CPU: replayed in a fresh process (a child forked from a helper interpreter that only imported torch,
-    see ``_StepMemoryServer``; else a fresh interpreter): no allocator or library state of this one, RSS growth
+    see ``_StepMemoryServer``; off Linux a fresh interpreter): no allocator or library state of this one, RSS growth
     of one full-batch step over the RSS after a two-example warm-up step. CUDA: in this process on a
     copy, ``max_memory_allocated`` growth after a reset. Every model is measured from the same point:
     weights, optimizer state and the batch already on the device. Returns {"mb", "method", "batch"}
@@ -228,7 +228,7 @@ class _StepMemoryServer:
         import subprocess
         import sys
 
-        if os.name != "posix" or not hasattr(os, "fork"):
+        if not sys.platform.startswith("linux"):  # fork after importing torch is only safe to rely on there
             return None
         if self.proc is None or self.proc.poll() is not None:
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
