@@ -194,12 +194,11 @@ def measure_train_step(step: dict, device: torch.device, timeout: float = 300.0)
         fh.write(data)
         path = fh.name
     try:
-        forked = _measure_in_forked_process(path, torch.get_num_threads(), timeout)
+        forked = _SERVER.measure(path, torch.get_num_threads(), timeout)
         if forked is not None:
             return forked
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         out = subprocess.run([sys.executable, "-m", "stf_eval.profiling", path, str(torch.get_num_threads())],
-                             capture_output=True, text=True, timeout=timeout, env=env)
+                             capture_output=True, text=True, timeout=timeout, env=_interpreter_env())
         if out.returncode != 0:
             tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
             return {"mb": None, "method": f"unavailable: {tail}"[:200]}
@@ -231,9 +230,9 @@ class _StepMemoryServer:
         if not sys.platform.startswith("linux"):  # fork after importing torch is only safe to rely on there
             return None
         if self.proc is None or self.proc.poll() is not None:
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
             try:
-                self.proc = subprocess.Popen([sys.executable, "-m", "stf_eval.profiling", "--serve"], env=env,
+                self.proc = subprocess.Popen([sys.executable, "-m", "stf_eval.profiling", "--serve"],
+                                             env=_interpreter_env(),
                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                              stderr=subprocess.DEVNULL, text=True, bufsize=1)
             except OSError:
@@ -261,8 +260,11 @@ class _StepMemoryServer:
 _SERVER = _StepMemoryServer()
 
 
-def _measure_in_forked_process(path: str, threads: int, timeout: float) -> dict | None:
-    return _SERVER.measure(path, threads, timeout)
+def _interpreter_env() -> dict[str, str]:
+    """The environment of a measuring interpreter: this one's, with its import path."""
+    import sys
+
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
 
 def _serve() -> int:

@@ -14,10 +14,12 @@ from .layers import VariationalLayer, total_kl
 
 def repeat_batch(x: torch.Tensor, n: int) -> torch.Tensor:
     """[B, ...] -> [B*n, ...], example-major: rows i*n .. i*n+n-1 are copies of example i (sample s of
-    example i is row i*n + s), so per-sample weight draws need no transposes (see layers.py)."""
+    example i is row i*n + s), so per-sample weight draws need no transposes (see layers.py). For n > 1
+    the result is a tensor of its own, never a view of ``x`` (the expanded pass overwrites it)."""
     if n == 1:
         return x
-    return x.unsqueeze(1).expand(x.shape[0], n, *x.shape[1:]).reshape(n * x.shape[0], *x.shape[1:])
+    # reshape copies, except for one example, where it can return a stride-0 view of x
+    return x.unsqueeze(1).expand(x.shape[0], n, *x.shape[1:]).reshape(n * x.shape[0], *x.shape[1:]).contiguous()
 
 
 #: Upper bound on the rows of one expanded forward pass (S x examples), by device type. On CPU,
@@ -88,12 +90,8 @@ def _expanded_pass(net: nn.Module, x: torch.Tensor, n_samples: int, layers: Sequ
         layer.sample_groups = n_samples
         layer.shared_input = layer.fed_by_input or (k > 0 and layer is net[0])
     try:
-        in_place = not torch.is_grad_enabled()
-        rows = repeat_batch(x, n_samples)
-        if in_place and rows.data_ptr() == x.data_ptr():  # a view of x (one example): not ours to overwrite
-            rows = rows.clone(memory_format=torch.contiguous_format)
-        with _relus_in_place(net, in_place):
-            out = net(rows)
+        with _relus_in_place(net, not torch.is_grad_enabled()):
+            out = net(repeat_batch(x, n_samples))
     finally:
         for layer in layers:
             layer.sample_groups = 1
