@@ -71,8 +71,9 @@ def test_scoring_rules_on_hand_computed_case():
 
 
 def test_fast_max_pool_equals_torchs_values_and_gradients_ties_included():
-    """The forward-only 2x2 path gives torch's values (ties, -inf and NaN included); with a gradient
-    (many ties: small integers) torch's kernel runs, and odd sizes and other windows go to it too."""
+    """Both 2x2 paths give torch's values (ties, -inf and NaN included), and the gradient path the same
+    gradients (many ties: small integers; the first in the window wins); odd sizes and other windows go
+    to torch's kernel."""
     import torch.nn.functional as F
 
     from stf_eval.nets.common import MaxPool2d
@@ -84,6 +85,7 @@ def test_fast_max_pool_equals_torchs_values_and_gradients_ties_included():
         xg = x.clone().requires_grad_(True)
         up = torch.randn(x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2)
         out = pool(xg)
+        assert type(out.grad_fn).__name__ == "_ChannelsLastPool2x2Backward"
         (g,) = torch.autograd.grad(out, xg, up)
         xr = x.clone().requires_grad_(True)
         ref = F.max_pool2d(xr, 2)
@@ -94,6 +96,11 @@ def test_fast_max_pool_equals_torchs_values_and_gradients_ties_included():
     nan = torch.randn(2, 3, 8, 8)
     nan[1, 2, 3, 3] = float("nan")
     assert torch.equal(pool(nan).isnan(), F.max_pool2d(nan, 2).isnan())
+    nan_g, nan_ref = nan.clone().requires_grad_(True), nan.clone().requires_grad_(True)
+    up = torch.randn(2, 3, 4, 4)
+    out, ref = pool(nan_g), F.max_pool2d(nan_ref, 2)
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.nan_to_num(), ref.nan_to_num())
+    assert torch.equal(torch.autograd.grad(out, nan_g, up)[0], torch.autograd.grad(ref, nan_ref, up)[0])
     odd = torch.randn(2, 3, 7, 7)
     assert torch.equal(pool(odd), F.max_pool2d(odd, 2))
     assert torch.equal(MaxPool2d(3, 2)(odd), F.max_pool2d(odd, 3, 2))
