@@ -321,6 +321,11 @@ def _build(raw: dict, source: str, overrides: list[str]) -> RunConfig:
     suites = _plugin_specs(top.suites, SUITES, "suite", "suites")
     if not models:
         raise ConfigError("models: expected at least one [models.NAME] table")
+    for spec in suites:
+        missing = [s for s in getattr(spec.params, "sanity_check_seeds", ()) if s not in top.seeds]
+        if missing:
+            raise ConfigError(f"suites.{spec.name}.sanity_check_seeds: {missing} not in seeds {list(top.seeds)} "
+                              f"(no cell would run the checks)")
     if top.name:
         name = check_name(top.name, "name")
     else:

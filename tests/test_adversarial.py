@@ -139,6 +139,19 @@ def test_robust_accuracy_below_clean_and_equal_at_eps_zero(fitted_models, tiny_d
     assert {f["name"] for f in ctx.figures} == {"robust_accuracy_vs_eps", "examples"}
 
 
+def test_sanity_check_seeds_leave_other_cells_without_checks_and_their_numbers_unchanged(
+        fitted_models, tiny_data, tmp_path):
+    model = fitted_models("deterministic")
+    cheap = dict(attacks=["fgsm"], eps=[0.1], noise_baseline=False, transfer_check=False, example_pairs=0)
+    elsewhere = _run(model, tiny_data, tmp_path / "a", sanity_check_seeds=[1], **cheap)  # the cell is seed 0
+    assert not _rows(elsewhere, "sanity_check")
+    assert any("sanity checks not run in this cell" in n["text"] and "seed(s) 1" in n["text"] for n in elsewhere.notes)
+    off = _run(model, tiny_data, tmp_path / "b", sanity_checks=False, **cheap)
+    assert elsewhere.records == off.records
+    here = _run(model, tiny_data, tmp_path / "c", sanity_check_seeds=[0, 1], **cheap)
+    assert _rows(here, "sanity_check")
+
+
 def test_detection_auroc_uses_successful_adversarials_only(fitted_models, tiny_data, tmp_path):
     ctx = _run(fitted_models("deterministic"), tiny_data, tmp_path, attacks=["pgd"], eps=[0.1],
                sanity_checks=False, noise_baseline=False, example_pairs=0)

@@ -33,6 +33,8 @@ def test_tiny_config_resolves_defaults():
     (tiny_toml(suites="[suites.calibraton]"), (), "did you mean 'calibration'"),
     (tiny_toml(suites="[suites.calibration]\nbins = 1"), (), "suites.calibration.bins: expected an integer >= 2"),
     (tiny_toml(suites="[suites.calibration]\nbinz = 10"), (), "did you mean 'bins'"),
+    (tiny_toml(suites="[suites.adversarial]\nsanity_check_seeds = [3]"), (),
+     "suites.adversarial.sanity_check_seeds: [3] not in seeds [0]"),
     (tiny_toml(), ["net.arch='resnet19'"], "did you mean 'resnet18'"),
     (tiny_toml(), ["device='tpu'"], "device: expected"),
     (tiny_toml(), ["seeds=[]"], "seeds: expected a non-empty list"),

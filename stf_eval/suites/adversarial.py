@@ -55,6 +55,7 @@ class AdversarialParams:
     noise_baseline: bool = True  # random sign noise at every eps (an attack row, and a sanity check)
     detection_scores: tuple[Score, ...] = ("msp", "entropy", "mutual_information", "energy")
     sanity_checks: bool = True
+    sanity_check_seeds: tuple[int, ...] = ()  # cell seeds whose cells run the checks; empty = every seed
     check_examples: int = 100  # first subset examples the convergence and gradient checks use
     check_samples_factor: int = 4  # converged_in_samples: attack S x this
     check_steps_factor: int = 5  # converged_in_steps: PGD steps x this ...
@@ -175,8 +176,12 @@ class Adversarial(SuitePlugin):
         if p.transfer_check:
             self._transfer()
         self._record_union()
-        if p.sanity_checks:
+        if p.sanity_checks and (not p.sanity_check_seeds or ctx.seed in p.sanity_check_seeds):
             checks.run_checks(self)
+        elif p.sanity_checks:
+            seeds = ", ".join(str(s) for s in p.sanity_check_seeds)
+            ctx.note(f"sanity checks not run in this cell: they run in the cells of seed(s) {seeds} "
+                     f"(sanity_check_seeds); the attacks and robust accuracies above are complete")
         self._save_examples()
         self._figures()
 
