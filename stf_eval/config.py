@@ -153,7 +153,13 @@ class RunConfig:
     description: str = ""
     executor: ExecutorConfig = ExecutorConfig()
     deterministic: bool = False
+    figures: Literal["first-seed", "all", "none"] = "first-seed"  # which cells draw and save their figures
     raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def saves_figures(self, seed: int) -> bool:
+        """Whether the cells of ``seed`` draw and save their figures (figures = "first-seed": the smallest
+        seed only, the ones the report embeds by default; the other seeds' would repeat them)."""
+        return self.figures == "all" or (self.figures == "first-seed" and seed == min(self.seeds))
 
     def model(self, name: str) -> PluginSpec:
         for spec in self.models:
@@ -172,6 +178,7 @@ class _TopLevel:
     cache_dir: str = ""
     num_threads: int = 0
     deterministic: bool = False
+    figures: Literal["first-seed", "all", "none"] = "first-seed"
     data: dict = field(default_factory=dict)
     net: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
@@ -341,6 +348,7 @@ def _build(raw: dict, source: str, overrides: list[str]) -> RunConfig:
         cache_dir=top.cache_dir or default_cache_dir(),
         num_threads=top.num_threads,
         deterministic=top.deterministic,
+        figures=top.figures,
         data=data,
         ood=tuple(ood),
         net=net,
@@ -364,6 +372,7 @@ def resolved_dict(cfg: RunConfig) -> dict:
         "cache_dir": cfg.cache_dir,
         "num_threads": cfg.num_threads,
         "deterministic": cfg.deterministic,
+        "figures": cfg.figures,
         "data": {k: v for k, v in as_dict(cfg.data).items() if k != "ood"},
         "ood": {name: as_dict(oc) for name, oc in cfg.ood},
         "net": as_dict(cfg.net),

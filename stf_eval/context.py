@@ -39,7 +39,8 @@ def _save_png(fig, path: Path) -> None:
 
 class EvalContext:
     def __init__(self, *, model_name: str, model: ModelPlugin, data: DataBundle, seed: int, run_dir: Path,
-                 device: torch.device, build_like: Callable[[DataBundle, int], ModelPlugin] | None = None):
+                 device: torch.device, build_like: Callable[[DataBundle, int], ModelPlugin] | None = None,
+                 save_figures: bool = True):
         self.model_name = model_name
         self.model = model
         self.data = data
@@ -50,6 +51,7 @@ class EvalContext:
         self.records: list[dict] = []
         self.figures: list[dict] = []
         self.notes: list[dict] = []
+        self.wants_figures = save_figures  # suites skip drawing when False (the run's `figures` setting)
         self._build_like = build_like
         self._predictions: dict[str, torch.Tensor] = {}
         self.examples: dict[str, dict[str, np.ndarray]] = {}  # suite -> per-example arrays (examples.py)
@@ -102,8 +104,16 @@ class EvalContext:
         self.notes.append({"model": self.model_name, "suite": self.suite, "seed": self.seed, "text": text})
 
     def save_figure(self, fig, name: str, caption: str = "") -> str:
-        """Save a matplotlib figure as SVG under figures/ (and a PNG raster the report embeds by default)."""
+        """Save a matplotlib figure as SVG under figures/ (and a PNG raster the report embeds by default).
+
+        Returns the SVG's path in the run directory, or "" when this cell saves no figures (then suites
+        should not have drawn it: check ``wants_figures`` first).
+        """
         import matplotlib.pyplot as plt
+
+        if not self.wants_figures:
+            plt.close(fig)
+            return ""
 
         rel = Path("figures") / f"{self.suite}--{self.model_name}--seed{self.seed}--{name}.svg"
         path = inside(self.run_dir, rel)

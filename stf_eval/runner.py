@@ -42,6 +42,7 @@ def cell_key(cfg: RunConfig, cell: Cell, data: DataBundle) -> str:
     """Everything that determines a cell's results: resume only reuses a cell whose key matches."""
     resolved = resolved_dict(cfg)
     return cache_key({"model": cell.model.as_dict(), "plugin": cell.model.plugin, "seed": cell.seed,
+                      "figures": cfg.saves_figures(cell.seed),
                       "net": resolved["net"], "train": resolved["train"], "suites": resolved["suites"],
                       "data": resolved["data"], "ood": resolved["ood"], "train_fp": data.train.fingerprint,
                       "test_fp": data.test.fingerprint})
@@ -59,7 +60,7 @@ def evaluate_cell(work: Work, cell: Cell, cache: CheckpointCache, run_dir: Path,
         return build_model(cell.model, cfg, bundle, seed, device, cache, measure_step_memory=False)
 
     ctx = EvalContext(model_name=cell.model.name, model=model, data=data, seed=cell.seed, run_dir=run_dir,
-                      device=device, build_like=build_like)
+                      device=device, build_like=build_like, save_figures=cfg.saves_figures(cell.seed))
     suite_seconds = {}
     for suite_spec in cfg.suites:
         suite = SUITES.get(suite_spec.plugin)(suite_spec.params, suite_spec.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -126,6 +127,12 @@ def _register_example_suite():
                                "test/log_probs": np.asarray(lp, dtype=np.float32)})
             ctx.record("accuracy", float((np.asarray(lp).argmax(1) == data.test.y.numpy()).mean()),
                        n=len(data.test))
+            if ctx.wants_figures:
+                from matplotlib.figure import Figure
+
+                fig = Figure(figsize=(1, 1))
+                fig.subplots().plot(np.exp(lp).max(1))
+                ctx.save_figure(fig, "confidence")
 
 
 def test_load_run_round_trip_and_examples(tmp_path, cache_dir, digits_bundle, trained):
@@ -135,6 +142,16 @@ def test_load_run_round_trip_and_examples(tmp_path, cache_dir, digits_bundle, tr
     again = stf_eval.load_run(tmp_path / "run")
     assert again.models == ["mine"] and again.seeds == [0, 1]
     assert again.results.equals(first.results)
+    # figures = "first-seed" (default): only seed 0's cell drew its figure; "all": every seed's, and the
+    # numbers do not depend on it
+    assert [(f["seed"], f["name"]) for f in json.loads((tmp_path / "run" / "results.json").read_text())["figures"]] == [(0, "confidence")]
+    assert sorted(p.name for p in (tmp_path / "run" / "figures").iterdir()) == [
+        "api_test_examples--mine--seed0--confidence.png", "api_test_examples--mine--seed0--confidence.svg"]
+    every = stf_eval.evaluate(models={"mine": trained}, data=digits_bundle, suites=["api_test_examples"],
+                              seeds=[0, 1], out=tmp_path / "all", cache_dir=str(cache_dir), render=False,
+                              overrides=["figures=all"])
+    assert sorted(f["seed"] for f in json.loads((tmp_path / "all" / "results.json").read_text())["figures"]) == [0, 1]
+    assert every.results.equals(first.results)
     assert again.report_path.is_file() and again.report().is_file()
     arrays = again.examples("api_test_examples", "mine", seed=1)
     assert arrays["test/log_probs"].shape == (len(digits_bundle.test), 10)

@@ -38,6 +38,7 @@ def test_tiny_config_resolves_defaults():
     (tiny_toml(), ["net.arch='resnet19'"], "did you mean 'resnet18'"),
     (tiny_toml(), ["device='tpu'"], "device: expected"),
     (tiny_toml(), ["seeds=[]"], "seeds: expected a non-empty list"),
+    (tiny_toml(), ["figures='some'"], "figures: expected 'first-seed' or 'all' or 'none'"),
     (tiny_toml(), ["train.optimizer='adagrad'"], "train.optimizer: expected 'adam' or 'adamw' or 'sgd'"),
     (tiny_toml(models=""), (), "models: expected at least one"),
     (tiny_toml(extra='\n[data.ood.x]\ndataset = "nope"\n'), (), "data.ood.x.dataset: unknown dataset"),
@@ -76,3 +77,10 @@ def test_shipped_suite_files_validate():
 
     for path in sorted((Path(__file__).parent.parent / "suites").glob("*.toml")):
         load_config(path)
+
+
+def test_figures_setting_picks_the_cells_that_draw():
+    first = load(tiny_toml(), ["seeds=[2, 0, 1]"])
+    assert [s for s in (0, 1, 2) if first.saves_figures(s)] == [0]  # the smallest seed, what the report shows
+    assert [s for s in (0, 1, 2) if load(tiny_toml(), ["seeds=[2, 0, 1]", "figures=all"]).saves_figures(s)] == [0, 1, 2]
+    assert not any(load(tiny_toml(), ["figures=none"]).saves_figures(s) for s in (0, 1))

@@ -32,7 +32,7 @@ def test_ood_histograms_are_legible_with_one_legend():
     per_set = {n: {s: {"auroc": 0.8} for s in scores} for n in sets}
     data = SimpleNamespace(ood={n: SimpleNamespace(group=g) for n, g in sets.items()})
     saved = []
-    ctx = SimpleNamespace(model_name="stf_bnn", save_figure=lambda fig, name, caption="": saved.append(fig))
+    ctx = SimpleNamespace(model_name="stf_bnn", wants_figures=True, save_figure=lambda fig, name, caption="": saved.append(fig))
     suite = OodDetection(parse_params(OodDetection.Params, {}, "ood"), "ood")
     suite._figure(ctx, scores, score_in, score_out, per_set, data)
     (fig,) = saved

@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from .load import load_run, records_frame, write_text
 
 #: config keys allowed to differ between merged runs
-FREE_KEYS = {"seeds", "output_dir", "cache_dir", "name", "description", "executor"}
+FREE_KEYS = {"seeds", "output_dir", "cache_dir", "name", "description", "executor", "figures"}
 
 
 def _config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:

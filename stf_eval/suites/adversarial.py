@@ -287,6 +287,8 @@ class Adversarial(SuitePlugin):
 
     # -- figures ------------------------------------------------------------------------------
     def _figures(self) -> None:
+        if not self.ctx.wants_figures:
+            return
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(5, 3.6))

@@ -149,6 +149,8 @@ class Calibration(SuitePlugin):
         self._shift_figure(ctx, table, clean)
 
     def _reliability_figure(self, ctx, conf, correct, values) -> None:
+        if not ctx.wants_figures:
+            return
         from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing global
 
         edges, counts, mean_conf, acc = cal.reliability_bins(conf, correct, self.params.bins)
@@ -178,6 +180,8 @@ class Calibration(SuitePlugin):
                         "empty bins not drawn).")
 
     def _shift_figure(self, ctx, table, clean) -> None:
+        if not ctx.wants_figures:
+            return
         from matplotlib.figure import Figure
 
         p = self.params

@@ -242,6 +242,8 @@ class Efficiency(SuitePlugin):
                            "compare/full_bnn_epoch_seconds": np.asarray(full_s, dtype=np.float64)})
 
     def _figure(self, ctx, eff: dict, latency_ms: float, n_samples: int) -> None:
+        if not ctx.wants_figures:
+            return
         import matplotlib
 
         matplotlib.use("Agg", force=False)

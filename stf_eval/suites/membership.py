@@ -437,6 +437,8 @@ class Membership(SuitePlugin):
         return out
 
     def _plot_exposed(self, pool: Pool, top, value, split, index, attack: str, ctx) -> None:
+        if not ctx.wants_figures:
+            return
         from matplotlib.figure import Figure
 
         x = pool.split.x[torch.as_tensor(top)].detach().cpu().numpy()
@@ -641,6 +643,8 @@ class Membership(SuitePlugin):
 
     # -- figure -----------------------------------------------------------------------------------
     def _plot(self, order: list[str], targets: list[Target], ctx) -> None:
+        if not ctx.wants_figures:
+            return
         from matplotlib.figure import Figure
 
         truth = np.concatenate([t.is_member for t in targets])

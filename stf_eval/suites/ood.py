@@ -107,6 +107,8 @@ class OodDetection(SuitePlugin):
         self._figure(ctx, scores, score_in, score_out, per_set, data)
 
     def _figure(self, ctx, scores, score_in, score_out, per_set, data) -> None:
+        if not ctx.wants_figures:
+            return
         from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing global
 
         # legible where the report shows it (about 640 px wide): two panels per row, 10 pt text, one
