@@ -106,7 +106,7 @@ def test_vectorised_mean_bootstrap_agrees_with_the_general_one():
     d = [rng.normal(0.05, 1, 300), rng.normal(0.15, 1, 300)]
     for units in ([d[0]], d):
         fast = stats.paired_bootstrap_mean(units, resamples=2000, seed=1)
-        slow = stats.paired_bootstrap(lambda s, idx: units[s][idx[0]].mean(), [(300,)] * len(units),
+        slow = stats.paired_bootstrap(lambda s, idx, units=units: units[s][idx[0]].mean(), [(300,)] * len(units),
                                       resamples=2000, seed=2)
         assert fast.estimate == pytest.approx(slow.estimate) and fast.hierarchical == slow.hierarchical
         assert fast.interval() == pytest.approx(slow.interval(), abs=0.02)
@@ -120,7 +120,7 @@ def test_vectorised_ece_bootstrap_agrees_with_the_general_one():
         units.append((ca, (rng.random(400) < ca).astype(float), cb, (rng.random(400) < cb * 0.95).astype(float)))
     for us in (units[:1], units):
         fast = stats.paired_bootstrap_ece(us, 15, resamples=1500, seed=1)
-        slow = stats.paired_bootstrap(lambda s, idx: stats.ece_binned(us[s][0][idx[0]], us[s][1][idx[0]])
+        slow = stats.paired_bootstrap(lambda s, idx, us=us: stats.ece_binned(us[s][0][idx[0]], us[s][1][idx[0]])
                                       - stats.ece_binned(us[s][2][idx[0]], us[s][3][idx[0]]),
                                       [(400,)] * len(us), resamples=1500, seed=2)
         assert fast.estimate == pytest.approx(slow.estimate) and fast.hierarchical == slow.hierarchical

@@ -42,8 +42,9 @@ def _records(model: str, arrays: dict) -> list[dict]:
     cal = arrays["calibration"]
     lp, y = cal["test/log_probs"].astype(float), cal["test/label"].astype(int)
     correct = lp.argmax(1) == y
-    rec = lambda metric, value, **kw: {"model": model, "suite": kw.pop("suite", "calibration"), "dataset": "synthetic",
-                                       "metric": metric, "value": float(value), "seed": 0, **kw}
+    def rec(metric, value, **kw):
+        return {"model": model, "suite": kw.pop("suite", "calibration"), "dataset": "synthetic",
+                "metric": metric, "value": float(value), "seed": 0, **kw}
     lo, hi = stats.proportion_interval(int(correct.sum()), len(y))
     rows = [rec("accuracy", correct.mean(), n=len(y), ci_low=lo, ci_high=hi), rec("nll", -lp[np.arange(len(y)), y].mean(), n=len(y)),
             rec("ece", stats.ece_binned(np.exp(lp.max(1)), correct), n=len(y))]
@@ -181,7 +182,7 @@ def test_paired_difference_matches_an_independent_computation(tmp_path, fast):
 
 def test_all_inconclusive_reads_not_enough_evidence_and_says_what_would_settle_it():
     claim = V.Claim(1, "t", "s", "stf")
-    for i in range(3):
+    for _ in range(3):
         c = V.Comparison("b", "accuracy", "", V.Estimate(0.9), V.Estimate(0.89), 0.01, size=200)
         c.test = stats.NormalDiff(0.01, 0.02)
         claim.comparisons.append(c)
