@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 from conftest import tiny_toml
@@ -122,3 +124,38 @@ def test_physical_batches_leave_the_logical_batch_and_epsilon_unchanged(tiny_cfg
     assert whole.dp_meta["dp_physical_batch_size"] == DpSgd.tiny["batch_size"]
     for a, b in zip(whole.net.parameters(), split.net.parameters()):
         assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_keeping_opacus_per_sample_gradients_changes_no_weight(tiny_cfg, tiny_data, monkeypatch):
+    """fit lets opacus keep each layer's per-sample gradients instead of copying them into a zero tensor:
+    the same weights bit for bit as opacus' own store, which is back in place after fit."""
+    from opacus.grad_sample import grad_sample_module as gsm
+
+    from stf_eval.models import dp_sgd
+
+    original = gsm.create_or_accumulate_grad_sample
+    kept = []
+    real_context = dp_sgd._per_sample_gradients_kept
+
+    @contextmanager
+    def spied():  # records whether the store fit installs kept the tensor it was given
+        with real_context():
+            store = gsm.create_or_accumulate_grad_sample
+
+            def spy(*, param, grad_sample, max_batch_len):
+                store(param=param, grad_sample=grad_sample, max_batch_len=max_batch_len)
+                kept.append(param._current_grad_sample is grad_sample)
+
+            gsm.create_or_accumulate_grad_sample = spy
+            yield
+
+    with monkeypatch.context() as m:
+        m.setattr(dp_sgd, "_per_sample_gradients_kept", spied)
+        fast = _fit_dp(tiny_cfg, tiny_data, max_physical_batch_size=16)
+    assert kept and sum(kept) >= len(kept) // 2, kept  # full physical batches kept their gradients
+    assert gsm.create_or_accumulate_grad_sample is original
+    monkeypatch.setattr(dp_sgd, "KEEP_PER_SAMPLE_GRADIENTS", False)
+    plain = _fit_dp(tiny_cfg, tiny_data, max_physical_batch_size=16)
+    assert fast.noise_multiplier == plain.noise_multiplier
+    for (name, a), b in zip(fast.net.named_parameters(), plain.net.parameters()):
+        assert torch.equal(a, b), name

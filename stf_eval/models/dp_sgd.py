@@ -16,6 +16,7 @@ hooks form a reference cycle that would otherwise keep it alive until a full gar
 from __future__ import annotations
 
 import gc
+import inspect
 import math
 import time
 import warnings
@@ -40,6 +41,7 @@ GRAD_SAMPLE_PREFIX = "_module."  # opacus' GradSampleModule stores the wrapped n
 # expected and harmless here: no secure RNG (seeded runs), hooks on the input layer, RDP order range
 QUIET_OPACUS_WARNINGS = ("Secure RNG turned off", "Full backward hook is firing",
                          "Optimal order is the largest")
+KEEP_PER_SAMPLE_GRADIENTS = True  # False: opacus' own zero-and-copy store (the exactness test compares both)
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,40 @@ def _batches(loader, physical: int, optimizer, private: bool):
         yield out
 
 
+@contextmanager
+def _per_sample_gradients_kept():
+    """While training, let opacus keep each layer's freshly computed per-sample gradients as they are.
+
+    opacus (1.4 to 1.6) stores them by allocating a zero tensor of the physical batch length and copying
+    them into it, so every backward pass fills, faults in and copies a second tensor as large as the
+    weights times the batch (~20% of a DP step of the quick LeNet). When the gradients cover the whole
+    batch, are contiguous and nothing was stored yet, that zero tensor would be an exact copy of them:
+    keep them instead. Everything else (a shorter batch, accumulation for shared parameters) goes through
+    opacus' own function. opacus never writes into the stored tensor, and the trained weights are
+    bit-identical either way (tests/test_dp_sgd.py); an opacus whose hook has another signature is left alone.
+    """
+    from opacus.grad_sample import grad_sample_module as gsm
+
+    original = getattr(gsm, "create_or_accumulate_grad_sample", None)
+    if not KEEP_PER_SAMPLE_GRADIENTS or original is None or \
+            set(inspect.signature(original).parameters) != {"param", "grad_sample", "max_batch_len"}:
+        yield
+        return
+
+    def create_or_accumulate(*, param: torch.Tensor, grad_sample: torch.Tensor, max_batch_len: int) -> None:
+        if (param.requires_grad and not hasattr(param, "_current_grad_sample")
+                and grad_sample.shape[0] == max_batch_len and grad_sample.is_contiguous()):
+            param._current_grad_sample = grad_sample
+        else:
+            original(param=param, grad_sample=grad_sample, max_batch_len=max_batch_len)
+
+    gsm.create_or_accumulate_grad_sample = create_or_accumulate
+    try:
+        yield
+    finally:
+        gsm.create_or_accumulate_grad_sample = original
+
+
 def clean_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """State dict of an opacus-wrapped module with the GradSampleModule prefix stripped."""
     n = len(GRAD_SAMPLE_PREFIX)
@@ -185,7 +221,7 @@ class DpSgd(ModelPlugin):
         loader = DataLoader(TensorDataset(data.train.x, data.train.y), batch_size=min(p.batch_size, n_train),
                             shuffle=True, generator=torch.Generator().manual_seed(seed))
         physical = min(getattr(p, "max_physical_batch_size", 0) or p.batch_size, p.batch_size)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _per_sample_gradients_kept():
             for message in QUIET_OPACUS_WARNINGS:
                 warnings.filterwarnings("ignore", message=message)
             start = time.perf_counter()  # the noise-multiplier search is part of the training cost
