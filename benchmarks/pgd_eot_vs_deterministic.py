@@ -4,7 +4,7 @@ torchattacks PGD (L-inf, random start) on ``stf_bnn.predictive(S)`` (log of the 
 samples drawn in one batched pass: expectation over transformation as a Monte-Carlo average) against the same
 attack on ``deterministic.predictive()``, same examples, eps, steps. Ratio A / (S x B), target <= 1.2.
 By default both attacks run as the adversarial suite runs them (``stf_eval.attacks.run``), in batches
-of the size the suite picks from the attack's S (``model.prediction_batch_size(S)`` examples);
+of the size the suite picks from the attack's S (``model.prediction_batch_size(S, gradient=True)`` examples);
 ``--one-batch`` attacks all examples in one batch instead.
 
     python benchmarks/pgd_eot_vs_deterministic.py [--repeats 4] [--examples 200] [--steps 10] [--one-batch]
@@ -15,7 +15,7 @@ from __future__ import annotations
 from _common import Result, build, environment, interleaved, parser, result, setup, timer
 from mc_prediction_vs_deterministic import stf_params
 
-TARGET = 1.2
+TARGET = 1.0  # and no worse than 1.2 on a loaded machine
 
 
 def main(argv=None) -> list[Result]:
@@ -42,7 +42,7 @@ def main(argv=None) -> list[Result]:
         if args.one_batch:
             return torchattacks.PGD(predictive, eps=args.eps, alpha=2.5 * args.eps / args.steps, steps=args.steps,
                                     random_start=True)
-        settings = attacks.AttackSettings(steps=args.steps, batch_size=model.prediction_batch_size(samples))
+        settings = attacks.AttackSettings(steps=args.steps, batch_size=model.prediction_batch_size(samples, gradient=True))
         return lambda x, y: attacks.run("pgd", predictive, x.cpu(), y.cpu(), args.eps, settings)
 
     attack_stf, attack_det = pgd(stf, s), pgd(det, 1)
@@ -50,7 +50,7 @@ def main(argv=None) -> list[Result]:
                                args.repeats, warmup=1, label="bench4 (A PGD-EOT on stf, B PGD on deterministic)", scale_b=s)
     details = {"S": s, "attack": f"torchattacks PGD, eps {args.eps}, {args.steps} steps, random start, "
                                  f"{len(x)} test examples " + ("in one batch" if args.one_batch else
-                                 f"in batches of {stf.prediction_batch_size(s)} (stf) / {det.prediction_batch_size(1)} (det)"),
+                                 f"in batches of {stf.prediction_batch_size(s, gradient=True)} (stf) / {det.prediction_batch_size(1)} (det)"),
                "environment": environment()}
     return [result("4 PGD with EOT on STF-BNN vs S x PGD on the deterministic net",
                    "PGD time on stf_bnn.predictive(S) / (S x PGD time on deterministic)", TARGET, t_stf, t_det,

@@ -27,12 +27,18 @@ def repeat_batch(x: torch.Tensor, n: int) -> torch.Tensor:
 #: page faults (measured 2x slower per row for LeNet on MNIST at 4,096 rows than at 512); a GPU needs
 #: large passes to be busy, so its cap is far higher (memory, not speed, bounds it there).
 MAX_EXPANDED_ROWS = {"cpu": 512, "cuda": 16384}
+#: The same for passes that are differentiated (attacks): backward keeps every activation of the pass
+#: alive, so on CPU the cap is lower (PGD-10 with EOT on STF-BNN's LeNet, S = 16: 24 s per 512 examples
+#: at 256 rows per pass against 31 s at 512; S = 4: 6.0 against 7.6 s; benchmarks/pgd_eot_vs_deterministic.py).
+MAX_EXPANDED_ROWS_WITH_GRADIENT = {"cpu": 256, "cuda": 16384}
 
 
-def max_expanded_rows(device: torch.device | str) -> int:
-    """The row cap of one expanded pass on ``device`` (the CPU's for device types not listed)."""
+def max_expanded_rows(device: torch.device | str, gradient: bool = False) -> int:
+    """The row cap of one expanded pass on ``device`` (the CPU's for device types not listed);
+    ``gradient``: of a pass that is differentiated (an attack's)."""
     kind = torch.device(device).type
-    return MAX_EXPANDED_ROWS.get(kind, MAX_EXPANDED_ROWS["cpu"])
+    caps = MAX_EXPANDED_ROWS_WITH_GRADIENT if gradient else MAX_EXPANDED_ROWS
+    return caps.get(kind, caps["cpu"])
 
 
 def sample_logits(net: nn.Module, x: torch.Tensor, n_samples: int, layers: Sequence[VariationalLayer] = (),

@@ -262,20 +262,21 @@ class ModelPlugin:
             out.append(self.sample_logits(xb, s).float().cpu())
         return torch.cat(out, dim=1)
 
-    def prediction_batch_size(self, n_samples: int) -> int:
+    def prediction_batch_size(self, n_samples: int, gradient: bool = False) -> int:
         """Examples per batch when drawing ``n_samples`` samples in one S-fold expanded pass.
 
         The expanded batch (S x examples rows) is kept to the device's row cap
         (``bayes.sampling.max_expanded_rows``: about 512 rows on CPU, where larger ones spill out of
         cache and cost more than they save, measured in benchmarks/mc_prediction_vs_deterministic.py;
-        far more on a GPU).
+        far more on a GPU). ``gradient``: the batch of a differentiated pass (an attack's), whose
+        activations all stay alive for backward: 256 rows on CPU.
         """
         from ..bayes.sampling import max_expanded_rows
 
         eval_bs = self.ctx.train.eval_batch_size
         if n_samples <= 1:
             return eval_bs
-        rows = min(eval_bs * n_samples, max_expanded_rows(self.device))
+        rows = min(eval_bs * n_samples, max_expanded_rows(self.device, gradient))
         return max(1, rows // n_samples)
 
     def predictive(self, n_samples: int | None = None) -> PredictiveModule:

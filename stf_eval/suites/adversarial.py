@@ -145,7 +145,7 @@ class Adversarial(SuitePlugin):
         version = p.autoattack_version if p.autoattack_version != "auto" else ("rand" if self.random else "standard")
         self.settings = attacks.AttackSettings(
             steps=p.pgd_steps, step_scale=p.pgd_step_scale, random_start=p.pgd_random_start,
-            restarts=p.pgd_restarts, batch_size=p.batch_size or model.prediction_batch_size(self.attack_s),
+            restarts=p.pgd_restarts, batch_size=p.batch_size or model.prediction_batch_size(self.attack_s, gradient=True),
             n_classes=data.num_classes, seed=ctx.seed, autoattack_version=version,
             square_queries=p.square_queries)
         n = len(self.idx)
