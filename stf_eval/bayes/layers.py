@@ -195,7 +195,7 @@ class VariationalLayer(nn.Module):
         mean = self._op(x, self.weight_mu, self.bias_mu)
         delta = w_sigma * torch.randn_like(w_sigma)
         pert = self._op(x * _rademacher(self._sign_shape(x), x), delta, None)
-        out = mean + pert * _rademacher(self._sign_shape(pert), pert)
+        out = torch.addcmul(mean, pert, _rademacher(self._sign_shape(pert), pert))  # one pass, not mul + add
         if b_sigma is not None:
             noise = b_sigma * torch.randn((out.shape[0], b_sigma.shape[0]), device=out.device, dtype=out.dtype)
             out = out + noise.reshape(self._sign_shape(out))
