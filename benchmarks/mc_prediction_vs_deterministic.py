@@ -57,14 +57,20 @@ def main(argv=None) -> list[Result]:
                    scale_b=float(s), details=details)]
 
 
-def stf_params(cfg) -> dict:
-    """stf_bnn's parameters as given in the suite file (or its defaults)."""
-    for spec in cfg.models:
-        if spec.plugin == "stf_bnn":
-            from stf_eval.params import as_dict
+def suite_params(cfg, plugin: str) -> dict:
+    """The parameters of model plugin ``plugin`` as the suite file (and its --set overrides) give
+    them, or {} (the plugin's defaults) when the suite has no such model."""
+    from stf_eval.params import as_dict
 
+    for spec in cfg.models:
+        if spec.plugin == plugin:
             return as_dict(spec.params)
     return {}
+
+
+def stf_params(cfg) -> dict:
+    """stf_bnn's parameters as given in the suite file (or its defaults)."""
+    return suite_params(cfg, "stf_bnn")
 
 
 if __name__ == "__main__":
