@@ -1,11 +1,15 @@
-"""Benchmark 3: our variational conv layer against bayesian-torch's Conv2dReparameterization.
+"""Benchmark 3: our variational conv layer against bayesian-torch's, on the same estimator.
 
 The same network (suites/quick.toml's LeNet on mnist5k) with both conv layers made variational,
 trained by the same loop (stf_eval.training.fit, the suite file's batch size and optimiser) on the
 ELBO for one epoch; A = ours, B = bayesian-torch. Ratio A/B, target <= 0.8.
 
-Two rows: ours as STF-BNN uses it (local reparameterisation, the default) and ours with plain weight
-sampling (one weight draw per batch: the same estimator as Conv2dReparameterization).
+Two rows, each estimator against its bayesian-torch counterpart:
+3a flipout (the convolutions' default, what STF-BNN and the full BNN train with) against
+   Conv2dFlipout. Ours draws the signs per example and channel (Wen et al.'s rank-one form),
+   bayesian-torch per element of the input and output tensors; both give each example its own
+   perturbation of one weight draw.
+3b weight sampling (one weight draw per batch) against Conv2dReparameterization.
 
 bayesian-torch is installed only for this benchmark:  pip install bayesian-torch   (0.5.0 on PyPI)
 
@@ -24,12 +28,12 @@ TARGET = 0.8
 
 def _bayesian_torch():
     try:
-        from bayesian_torch.layers import Conv2dReparameterization
+        from bayesian_torch.layers import Conv2dFlipout, Conv2dReparameterization
         from bayesian_torch.models.dnn_to_bnn import get_kl_loss
     except ImportError:
         sys.exit("benchmark 3 needs bayesian-torch, which stf-eval does not depend on; install it with\n"
                  "    pip install bayesian-torch\n(0.5.0 on PyPI) and run again.")
-    return Conv2dReparameterization, get_kl_loss
+    return {"flipout": Conv2dFlipout, "weight_sample": Conv2dReparameterization}, get_kl_loss
 
 
 def conv_names(net) -> list[str]:
@@ -38,26 +42,26 @@ def conv_names(net) -> list[str]:
     return [name for name, m in net.named_modules() if isinstance(m, nn.Conv2d)]
 
 
-def ours(net, example, local_reparam: bool):
+def ours(net, example, estimator: str):
     """Every conv layer of ``net`` made variational by the project's converter (nothing frozen), trained
-    with local reparameterisation or weight sampling (the ELBO's training estimator)."""
+    with ``estimator`` (the ELBO's training estimator: "flipout" or "weight_sample")."""
     from stf_eval.bayes import VariationalInit, convert, variational_layers
 
     init = VariationalInit(rho_rule="constant", rho_init=-5.0, prior="zero", prior_sigma=1.0,
-                           train_estimator="local_reparam" if local_reparam else "weight_sample")
+                           train_estimator=estimator)
     new, _ = convert(net, conv_names(net), example, init=init, freeze_rest=False)
     return new, variational_layers(new)
 
 
-def theirs(net):
-    """Every conv layer of ``net`` replaced by bayesian-torch's Conv2dReparameterization (same mu)."""
+def theirs(net, estimator: str):
+    """Every conv layer of ``net`` replaced by bayesian-torch's layer for ``estimator`` (same mu)."""
     import torch
 
-    Conv2dReparameterization, get_kl_loss = _bayesian_torch()
+    layers, get_kl_loss = _bayesian_torch()
     new = copy.deepcopy(net)
     for name in conv_names(new):
         conv = new.get_submodule(name)
-        layer = Conv2dReparameterization(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+        layer = layers[estimator](conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                                          conv.padding, conv.dilation, conv.groups, prior_mean=0.0,
                                          prior_variance=1.0, posterior_rho_init=-5.0, bias=conv.bias is not None)
         with torch.no_grad():
@@ -85,9 +89,10 @@ def main(argv=None) -> list[Result]:
     example = data.train.x[:1]
     n_train = len(data.train)
 
-    local_net, local_layers = ours(base, example, local_reparam=True)
-    plain_net, plain_layers = ours(base, example, local_reparam=False)
-    bt_net, get_kl_loss = theirs(base)
+    flip_net, flip_layers = ours(base, example, "flipout")
+    plain_net, plain_layers = ours(base, example, "weight_sample")
+    bt_flip_net, get_kl_loss = theirs(base, "flipout")
+    bt_plain_net, _ = theirs(base, "weight_sample")
 
     def bt_loss(net, x, y):
         return F.cross_entropy(net(x), y) + get_kl_loss(net) / n_train
@@ -100,17 +105,19 @@ def main(argv=None) -> list[Result]:
                        seed=0, loss_fn=loss_fn, desc="epoch")
         return run
 
-    sides = [epoch_of(local_net, ElboLoss(local_layers, n_train)), epoch_of(bt_net, bt_loss),
-             epoch_of(plain_net, ElboLoss(plain_layers, n_train))]
-    t_local, t_bt, t_plain = interleaved(sides, args.repeats, warmup=1, label="bench3 (A ours-local, B bayesian-torch, C ours-plain)")
+    sides = [epoch_of(flip_net, ElboLoss(flip_layers, n_train)), epoch_of(bt_flip_net, bt_loss),
+             epoch_of(plain_net, ElboLoss(plain_layers, n_train)), epoch_of(bt_plain_net, bt_loss)]
+    t_flip, t_bt_flip, t_plain, t_bt_plain = interleaved(
+        sides, args.repeats, warmup=1,
+        label="bench3 (ours flipout, bayesian-torch flipout, ours weight sampling, bayesian-torch reparameterization)")
     details = {"network": f"lenet {dict(cfg.net.options)}, conv layers variational: {conv_names(base)}",
                "epoch": f"{n_train} examples, batch {cfg.train.batch_size}, {cfg.train.optimizer}",
                "environment": environment()}
     return [
-        result("3a variational conv (local reparam. estimator) vs bayesian-torch",
-               "ours / Conv2dReparameterization epoch time", TARGET, t_local, t_bt, details=details),
+        result("3a variational conv (flipout) vs bayesian-torch",
+               "ours / Conv2dFlipout epoch time", TARGET, t_flip, t_bt_flip, details=details),
         result("3b variational conv (weight sampling, same estimator) vs bayesian-torch",
-               "ours / Conv2dReparameterization epoch time", TARGET, t_plain, t_bt),
+               "ours / Conv2dReparameterization epoch time", TARGET, t_plain, t_bt_plain),
     ]
 
 
