@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                 _plan(args)
                 return 0
             cfg = load_config(args.suite, _run_overrides(args))
+            from .allocator import apply
+
+            apply(cfg.allocator)  # this process is the run's own (a run from the API leaves its caller's alone)
             run_dir = run(cfg, resume=args.resume, out_dir=args.out, progress=not args.quiet)
             print(f"results: {run_dir / 'results.csv'}")
             print(f"report:  {run_dir / 'report.html'}")

@@ -154,6 +154,7 @@ class RunConfig:
     executor: ExecutorConfig = ExecutorConfig()
     deterministic: bool = False
     figures: Literal["first-seed", "all", "none"] = "first-seed"  # which cells draw and save their figures
+    allocator: Literal["reuse", "system"] = "reuse"  # glibc malloc in the run's own processes (allocator.py)
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     def saves_figures(self, seed: int) -> bool:
@@ -179,6 +180,7 @@ class _TopLevel:
     num_threads: int = 0
     deterministic: bool = False
     figures: Literal["first-seed", "all", "none"] = "first-seed"
+    allocator: Literal["reuse", "system"] = "reuse"
     data: dict = field(default_factory=dict)
     net: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
@@ -349,6 +351,7 @@ def _build(raw: dict, source: str, overrides: list[str]) -> RunConfig:
         num_threads=top.num_threads,
         deterministic=top.deterministic,
         figures=top.figures,
+        allocator=top.allocator,
         data=data,
         ood=tuple(ood),
         net=net,
@@ -373,6 +376,7 @@ def resolved_dict(cfg: RunConfig) -> dict:
         "num_threads": cfg.num_threads,
         "deterministic": cfg.deterministic,
         "figures": cfg.figures,
+        "allocator": cfg.allocator,
         "data": {k: v for k, v in as_dict(cfg.data).items() if k != "ood"},
         "ood": {name: as_dict(oc) for name, oc in cfg.ood},
         "net": as_dict(cfg.net),

@@ -40,6 +40,9 @@ def init(work_file: str, threads: int, filters_blob: bytes | None, started=None)
             warnings.filters[:] = pickle.loads(filters_blob)
         with open(work_file, "rb") as fh:
             _WORK = pickle.load(fh)
+        from .allocator import apply
+
+        apply(_WORK.cfg.allocator)  # a process of the run's own: malloc keeps freed blocks (allocator.py)
         import torch
 
         torch.set_num_threads(threads)

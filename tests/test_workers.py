@@ -69,7 +69,14 @@ class FakeWork:
         return {"pid": os.getpid(), "threads": torch.get_num_threads(),
                 "tqdm_disable": os.environ.get("TQDM_DISABLE"), "quiet": os.environ.get("STF_EVAL_QUIET"),
                 "log_level": logging.getLogger("stf_eval").level,
-                "sigint": signal.getsignal(signal.SIGINT) == signal.SIG_IGN}
+                "sigint": signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+                "allocator": _allocator_applied()}
+
+
+def _allocator_applied() -> bool:
+    from stf_eval import allocator
+
+    return allocator._applied
 
 
 def _plan(jobs: list[tuple[str, str, tuple, str]], cells: dict[str, tuple]):
@@ -86,7 +93,8 @@ def _plan(jobs: list[tuple[str, str, tuple, str]], cells: dict[str, tuple]):
 
 def _work(tmp_path, cells, num_threads=0):
     stages = {f"{label}--seed0": keys for label, keys in cells.items()}
-    return FakeWork(root=str(tmp_path), cfg=SimpleNamespace(num_threads=num_threads, stages=stages))
+    return FakeWork(root=str(tmp_path), cfg=SimpleNamespace(num_threads=num_threads, stages=stages,
+                                                            allocator="reuse"))
 
 
 def _executor(workers=2, max_retries=1):
@@ -113,6 +121,13 @@ def test_pool_runs_independent_jobs_side_by_side_after_their_dependencies(tmp_pa
         assert result["threads"] == default_threads(2)
         assert result["tqdm_disable"] == "1" and result["quiet"] == "1"
         assert result["log_level"] == logging.WARNING and result["sigint"]
+        assert result["allocator"] == (_glibc() is not None)  # the run's allocator setting, in force
+
+
+def _glibc():
+    from stf_eval.allocator import _glibc
+
+    return _glibc()
 
 
 def test_pool_reports_failures_and_a_dying_worker_on_one_line_and_runs_the_rest(tmp_path, monkeypatch):

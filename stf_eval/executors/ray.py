@@ -44,12 +44,16 @@ def _node_cache(work: Work) -> str:
     return str(Path(tempfile.gettempdir()) / f"stf-eval-ray-cache-{tag}")
 
 
-def _quiet_worker() -> None:
+def _prepare_worker(work: Work) -> None:
+    """Once per task (both steps are idempotent): quiet logs, the run's malloc setting."""
+    from ..allocator import apply
+
     logging.getLogger("stf_eval").setLevel(logging.WARNING)
+    apply(work.cfg.allocator)
 
 
 def job_task(work: Work, job: Job, shared: bool, *dep_blobs):
-    _quiet_worker()
+    _prepare_worker(work)
     if shared:
         return work.run_job(job), None
     root = _node_cache(work)
@@ -60,7 +64,7 @@ def job_task(work: Work, job: Job, shared: bool, *dep_blobs):
 
 
 def cell_task(work: Work, cell, shared: bool, keys: tuple, *blobs):
-    _quiet_worker()
+    _prepare_worker(work)
     if shared:
         return work.run_cell(cell), {}
     root = _node_cache(work)
