@@ -225,7 +225,7 @@ def test_bad_cuda_ordinal_is_a_one_line_config_error(monkeypatch):
 def test_row_cap_comes_from_the_device():
     from stf_eval.bayes.sampling import max_expanded_rows
 
-    assert max_expanded_rows("cpu") == 256
+    assert max_expanded_rows("cpu") == 512
     assert max_expanded_rows("cpu", gradient=True) == 256  # an attack's pass keeps its activations for backward
     assert max_expanded_rows(torch.device("cuda")) > 4 * 1000  # a GPU pass reaches 4 x the eval batch
 
@@ -241,6 +241,6 @@ def test_prediction_batch_follows_the_device_cap(tiny_cfg):
         return ModelPlugin(None, ctx).prediction_batch_size(s, gradient)
 
     eval_bs = tiny_cfg.train.eval_batch_size
-    assert batch("cpu", 16) == 256 // 16 and batch("cpu", 1) == eval_bs
+    assert batch("cpu", 16) == 512 // 16 and batch("cpu", 1) == eval_bs
     assert batch("cpu", 16, gradient=True) == 256 // 16 and batch("cpu", 1, gradient=True) == eval_bs
     assert batch("cuda", 16) == min(eval_bs * 16, 16384) // 16  # only the sizing; nothing runs on it

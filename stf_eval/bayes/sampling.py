@@ -24,15 +24,12 @@ def repeat_batch(x: torch.Tensor, n: int) -> torch.Tensor:
 
 #: Upper bound on the rows of one expanded forward pass (S x examples), by device type. On CPU,
 #: activations of a much larger pass exceed the allocator's reuse threshold and every pass pays fresh
-#: page faults (measured 2x slower per row for LeNet on MNIST at 4,096 rows than at 512), and 256 rows
-#: beat 512: STF-BNN's S = 16 prediction of 256 digits took 0.74-0.99x the time at 256 rows per pass
-#: (benchmarks/mc_prediction_vs_deterministic.py, variant D, three runs, with and without
-#: allocator = "reuse"; 128 rows 0.87x). A GPU needs large passes to be busy, so its cap is far higher
-#: (memory, not speed, bounds it there).
-MAX_EXPANDED_ROWS = {"cpu": 256, "cuda": 16384}
+#: page faults (measured 2x slower per row for LeNet on MNIST at 4,096 rows than at 512); a GPU needs
+#: large passes to be busy, so its cap is far higher (memory, not speed, bounds it there).
+MAX_EXPANDED_ROWS = {"cpu": 512, "cuda": 16384}
 #: The same for passes that are differentiated (attacks): backward keeps every activation of the pass
-#: alive (PGD-10 with EOT on STF-BNN's LeNet, S = 16: 24 s per 512 examples at 256 rows per pass
-#: against 31 s at 512; S = 4: 6.0 against 7.6 s; benchmarks/pgd_eot_vs_deterministic.py).
+#: alive, so on CPU the cap is lower (PGD-10 with EOT on STF-BNN's LeNet, S = 16: 24 s per 512 examples
+#: at 256 rows per pass against 31 s at 512; S = 4: 6.0 against 7.6 s; benchmarks/pgd_eot_vs_deterministic.py).
 MAX_EXPANDED_ROWS_WITH_GRADIENT = {"cpu": 256, "cuda": 16384}
 
 

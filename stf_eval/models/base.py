@@ -266,10 +266,10 @@ class ModelPlugin:
         """Examples per batch when drawing ``n_samples`` samples in one S-fold expanded pass.
 
         The expanded batch (S x examples rows) is kept to the device's row cap
-        (``bayes.sampling.max_expanded_rows``: 256 rows on CPU, where larger ones spill out of cache
-        and cost more than they save, measured in benchmarks/mc_prediction_vs_deterministic.py; far
-        more on a GPU). ``gradient``: the batch of a differentiated pass (an attack's), whose
-        activations all stay alive for backward (also 256 rows on CPU).
+        (``bayes.sampling.max_expanded_rows``: about 512 rows on CPU, where larger ones spill out of
+        cache and cost more than they save, measured in benchmarks/mc_prediction_vs_deterministic.py;
+        far more on a GPU). ``gradient``: the batch of a differentiated pass (an attack's), whose
+        activations all stay alive for backward: 256 rows on CPU.
         """
         from ..bayes.sampling import max_expanded_rows
 
