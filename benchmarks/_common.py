@@ -50,6 +50,9 @@ def setup(args) -> tuple:
     if args.cache_dir:
         overrides.append(f'cache_dir="{args.cache_dir}"')
     cfg = load_config(QUICK, overrides=overrides)
+    from stf_eval.allocator import apply
+
+    apply(cfg.allocator)  # malloc as in a run's processes (`--set allocator="system"`: glibc's defaults)
     return cfg, build_data(cfg), resolve_device(args.device)
 
 
