@@ -56,6 +56,17 @@ def setup(args) -> tuple:
     return cfg, build_data(cfg), resolve_device(args.device)
 
 
+def suite_params(cfg, plugin: str) -> dict:
+    """The parameters of model plugin ``plugin`` as the suite file (and its --set overrides) give
+    them, or {} (the plugin's defaults) when the suite has no such model."""
+    from stf_eval.params import as_dict
+
+    for spec in cfg.models:
+        if spec.plugin == plugin:
+            return as_dict(spec.params)
+    return {}
+
+
 def build(name: str, cfg, data, device, seed: int = 0, cache="", **params):
     """A fitted model plugin ``name`` with the suite file's recipe and ``params`` over its defaults.
 

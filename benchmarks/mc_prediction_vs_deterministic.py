@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 
 import torch
-from _common import Result, build, environment, interleaved, parser, result, setup, timer
+from _common import Result, build, environment, interleaved, parser, result, setup, suite_params, timer
 
 TARGET = 1.0  # issue 17, row 2
 
@@ -28,7 +28,7 @@ def main(argv=None) -> list[Result]:
     args = p.parse_args(argv)
     cfg, data, device = setup(args)
     det = build("deterministic", cfg, data, device)
-    stf = build("stf_bnn", cfg, data, device, **stf_params(cfg))
+    stf = build("stf_bnn", cfg, data, device, **suite_params(cfg, "stf_bnn"))
     s = args.samples or stf.n_samples
     x = data.test.x[:args.examples]
 
@@ -55,22 +55,6 @@ def main(argv=None) -> list[Result]:
     return [result("2 S-sample STF-BNN prediction vs S deterministic passes",
                    "stf_bnn predict_samples / (S x deterministic predict_samples)", TARGET, t_stf, t_det,
                    scale_b=float(s), details=details)]
-
-
-def suite_params(cfg, plugin: str) -> dict:
-    """The parameters of model plugin ``plugin`` as the suite file (and its --set overrides) give
-    them, or {} (the plugin's defaults) when the suite has no such model."""
-    from stf_eval.params import as_dict
-
-    for spec in cfg.models:
-        if spec.plugin == plugin:
-            return as_dict(spec.params)
-    return {}
-
-
-def stf_params(cfg) -> dict:
-    """stf_bnn's parameters as given in the suite file (or its defaults)."""
-    return suite_params(cfg, "stf_bnn")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,7 @@ of the size the suite picks from the attack's S (``model.prediction_batch_size(S
 
 from __future__ import annotations
 
-from _common import Result, build, environment, interleaved, parser, result, setup, timer
-from mc_prediction_vs_deterministic import stf_params
+from _common import Result, build, environment, interleaved, parser, result, setup, suite_params, timer
 
 TARGET = 1.0  # and no worse than 1.2 on a loaded machine
 
@@ -33,7 +32,7 @@ def main(argv=None) -> list[Result]:
 
     cfg, data, device = setup(args)
     det = build("deterministic", cfg, data, device)
-    stf = build("stf_bnn", cfg, data, device, **stf_params(cfg))
+    stf = build("stf_bnn", cfg, data, device, **suite_params(cfg, "stf_bnn"))
     s = args.samples or stf.n_samples
     x = data.test.x[:args.examples].to(device)
     y = data.test.y[:args.examples].to(device)

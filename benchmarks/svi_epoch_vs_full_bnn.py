@@ -13,8 +13,7 @@ The full BNN is the suite file's full_bnn recipe for one epoch, so `--set models
 
 from __future__ import annotations
 
-from _common import Result, build, environment, interleaved, parser, result, setup
-from mc_prediction_vs_deterministic import stf_params, suite_params
+from _common import Result, build, environment, interleaved, parser, result, setup, suite_params
 
 TARGET = 0.4  # issue 17, row 1
 
@@ -39,7 +38,7 @@ def base_only_cache(root):
 def main(argv=None) -> list[Result]:
     args = parser(__doc__.splitlines()[0], repeats=5).parse_args(argv)
     cfg, data, device = setup(args)
-    stf_kw = {**stf_params(cfg), "svi_epochs": 1}
+    stf_kw = {**suite_params(cfg, "stf_bnn"), "svi_epochs": 1}
     # the suite's full_bnn recipe (and --set models.full_bnn.* overrides), one epoch
     full_kw = {**suite_params(cfg, "full_bnn"), "epochs": 1}
     cache = base_only_cache(cfg.cache_dir)
