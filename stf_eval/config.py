@@ -135,6 +135,11 @@ class PluginSpec:
         return {"plugin": self.plugin, **as_dict(self.params)}
 
 
+def spec_of_plugin(models, plugin: str) -> PluginSpec | None:
+    """The first of a run's model specs that uses ``plugin`` (None when the run has none)."""
+    return next((spec for spec in models if spec.plugin == plugin), None)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     name: str

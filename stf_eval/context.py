@@ -7,8 +7,9 @@ logits gets the same tensor, computed once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,8 +41,11 @@ def _save_png(fig, path: Path) -> None:
 class EvalContext:
     def __init__(self, *, model_name: str, model: ModelPlugin, data: DataBundle, seed: int, run_dir: Path,
                  device: torch.device, build_like: Callable[[DataBundle, int], ModelPlugin] | None = None,
-                 save_figures: bool = True):
+                 save_figures: bool = True, run_models: Sequence[Any] = ()):
         self.model_name = model_name
+        # the run's model specs (config.PluginSpec): a suite that builds a comparator (the efficiency
+        # suite's full BNN) takes the recipe the run evaluates, not the plugin's defaults
+        self.run_models = tuple(run_models)
         self.model = model
         self.data = data
         self.seed = seed

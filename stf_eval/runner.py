@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .cache import CheckpointCache, atomic_write_text, cache_key
-from .config import RunConfig, resolved_dict
+from .config import RunConfig, resolved_dict, spec_of_plugin
 from .context import EvalContext
 from .data.base import DataBundle
 from .data.plan import build_data, split_record
@@ -41,11 +41,15 @@ __all__ = ["Cell", "build_model", "cell_key", "evaluate_cell", "plan_run", "run"
 def cell_key(cfg: RunConfig, cell: Cell, data: DataBundle) -> str:
     """Everything that determines a cell's results: resume only reuses a cell whose key matches."""
     resolved = resolved_dict(cfg)
-    return cache_key({"model": cell.model.as_dict(), "plugin": cell.model.plugin, "seed": cell.seed,
-                      "figures": cfg.saves_figures(cell.seed),
-                      "net": resolved["net"], "train": resolved["train"], "suites": resolved["suites"],
-                      "data": resolved["data"], "ood": resolved["ood"], "train_fp": data.train.fingerprint,
-                      "test_fp": data.test.fingerprint})
+    parts = {"model": cell.model.as_dict(), "plugin": cell.model.plugin, "seed": cell.seed,
+             "figures": cfg.saves_figures(cell.seed),
+             "net": resolved["net"], "train": resolved["train"], "suites": resolved["suites"],
+             "data": resolved["data"], "ood": resolved["ood"], "train_fp": data.train.fingerprint,
+             "test_fp": data.test.fingerprint}
+    compared = spec_of_plugin(cfg.models, "full_bnn") if cell.model.plugin == "stf_bnn" else None
+    if compared is not None:  # the efficiency suite times this cell's SVI epoch against that recipe
+        parts["compared_full_bnn"] = compared.as_dict()
+    return cache_key(parts)
 
 
 def evaluate_cell(work: Work, cell: Cell, cache: CheckpointCache, run_dir: Path, device: torch.device) -> dict:
@@ -60,7 +64,8 @@ def evaluate_cell(work: Work, cell: Cell, cache: CheckpointCache, run_dir: Path,
         return build_model(cell.model, cfg, bundle, seed, device, cache, measure_step_memory=False)
 
     ctx = EvalContext(model_name=cell.model.name, model=model, data=data, seed=cell.seed, run_dir=run_dir,
-                      device=device, build_like=build_like, save_figures=cfg.saves_figures(cell.seed))
+                      device=device, build_like=build_like, save_figures=cfg.saves_figures(cell.seed),
+                      run_models=cfg.models)
     suite_seconds = {}
     for suite_spec in cfg.suites:
         suite = SUITES.get(suite_spec.plugin)(suite_spec.params, suite_spec.name)

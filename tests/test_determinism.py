@@ -145,3 +145,22 @@ def test_unseeded_plugin_stage_gets_the_same_weights(tmp_path):
             f.unlink()
     partial = weights(tmp_path / "a")
     assert torch.equal(cold, warm) and torch.equal(cold, partial)
+
+
+def test_a_resumed_stf_cell_is_redone_when_the_compared_full_bnn_recipe_changes():
+    """The efficiency suite times STF-BNN's SVI epoch against the run's full_bnn recipe, so that recipe
+    is part of the stf_bnn cell's key (and of no other cell's)."""
+    from stf_eval.data.plan import build_data
+    from stf_eval.plan import Cell
+    from stf_eval.runner import cell_key
+
+    text = TOML + "[models.full_bnn]\nepochs = 1\n[suites.efficiency]\n"
+    keys = {}
+    for estimator in ("auto", "weight_sample"):
+        cfg = load_config(text=text, overrides=[f'models.full_bnn.train_estimator="{estimator}"'])
+        data = build_data(cfg)
+        keys[estimator] = {spec.name: cell_key(cfg, Cell(spec, 0), data) for spec in cfg.models}
+    assert keys["auto"]["stf_bnn"] != keys["weight_sample"]["stf_bnn"]
+    assert keys["auto"]["full_bnn"] != keys["weight_sample"]["full_bnn"]
+    for name in ("deterministic", "mc_dropout"):
+        assert keys["auto"][name] == keys["weight_sample"][name]

@@ -11,16 +11,18 @@ import numpy as np
 import pytest
 import torch
 
+from stf_eval.config import PluginSpec
 from stf_eval.context import EvalContext
 from stf_eval.params import parse_params
 from stf_eval.registry import MODELS, SUITES
 from stf_eval.suites.efficiency import CACHED_NOTE
 
 
-def _run_suite(model, data, tmp_path, name="m", **overrides):
+def _run_suite(model, data, tmp_path, name="m", run_models=(), **overrides):
     cls = SUITES.get("efficiency")
     params = parse_params(cls.Params, {**cls.tiny, **overrides}, "efficiency")
-    ctx = EvalContext(model_name=name, model=model, data=data, seed=0, run_dir=tmp_path, device=model.device)
+    ctx = EvalContext(model_name=name, model=model, data=data, seed=0, run_dir=tmp_path, device=model.device,
+                      run_models=run_models)
     ctx.suite = "efficiency"
     cls(params, "efficiency").run(model, data, ctx)
     return ctx
@@ -159,6 +161,36 @@ def test_epoch_medians_and_per_example_arrays_come_back_the_same_from_a_warm_cac
         assert lat.dtype == np.float64 and len(lat) == 2
         rows.append(row)
     assert rows[0]["value"] == rows[1]["value"] and CACHED_NOTE in rows[1]["note"]
+
+
+@pytest.mark.skipif("stf_bnn" not in MODELS.names(), reason="stf_bnn is not registered")
+def test_svi_comparison_trains_the_full_bnn_recipe_of_the_run(fitted_models, tiny_data, tmp_path, monkeypatch):
+    """The cost comparison times the full BNN the run evaluates (here weight sampling, its own batch
+    size), not the plugin's defaults; without a full_bnn in the run it says it used the defaults."""
+    full_cls = MODELS.get("full_bnn")
+    trained = []
+    original_fit = full_cls.fit
+
+    def spy(self, data):
+        trained.append((self.params, len(data.train)))
+        return original_fit(self, data)
+
+    monkeypatch.setattr(full_cls, "fit", spy)
+    spec = PluginSpec(name="vanilla", plugin="full_bnn", params=parse_params(
+        full_cls.Params, {"train_estimator": "weight_sample", "batch_size": 16, "epochs": 7}, "models.vanilla"))
+    model = fitted_models("stf_bnn")
+    ctx = _run_suite(model, tiny_data, tmp_path, name="stf_bnn", figure=False, run_models=[spec])
+    (row,) = [r for r in ctx.records if r["metric"] == "svi_vs_full_bnn_epoch_seconds_ratio"]
+    assert "full_bnn at the run's recipe [models.vanilla]" in row["note"]
+    assert len(trained) == 3  # one warm-up round and two timed repetitions
+    for params, n_train in trained:
+        assert params.train_estimator == "weight_sample" and params.batch_size == 16 and params.epochs == 1
+        assert n_train == 2 * model.ctx.train.batch_size  # comparison_batches (tiny: 2) of the recipe's batches
+    trained.clear()
+    ctx = _run_suite(model, tiny_data, tmp_path / "defaults", name="stf_bnn", figure=False)
+    (row,) = [r for r in ctx.records if r["metric"] == "svi_vs_full_bnn_epoch_seconds_ratio"]
+    assert "full_bnn at its default parameters (the run has none)" in row["note"]
+    assert trained and all(p == parse_params(full_cls.Params, {"epochs": 1}, "models.full_bnn") for p, _ in trained)
 
 
 @pytest.mark.skipif("stf_bnn" not in MODELS.names(), reason="stf_bnn is not registered")

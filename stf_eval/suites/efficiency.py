@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..config import spec_of_plugin
 from ..params import parse_params, require
 from ..profiling import median_interval
 from ..registry import SUITES
@@ -66,10 +67,11 @@ def measure_latency(model, x: torch.Tensor, repeats: int, warmup: int) -> list[f
     return times
 
 
-def svi_vs_full_bnn_epochs(model, data, n_batches: int, repeats: int, warmup: int = 1):
+def svi_vs_full_bnn_epochs(model, data, n_batches: int, repeats: int, warmup: int = 1, full_params=None):
     """(ratios, svi_seconds, full_seconds) of one SVI epoch of ``model`` (an stf_bnn) and one epoch of a
-    ``full_bnn`` with default parameters, each trained by its own plugin on the same first
-    ``n_batches`` x batch_size training examples, in the order A B, B A, ... after ``warmup`` rounds.
+    ``full_bnn`` with ``full_params`` (its Params; None = the plugin's defaults; ``epochs`` is set to
+    1), each trained by its own plugin on the same first ``n_batches`` x batch_size training examples,
+    in the order A B, B A, ... after ``warmup`` rounds.
 
     The SVI side starts from ``model``'s own pretrained base (served by a cache that holds only it), so
     only stage 2 trains; nothing is stored, and ``model`` itself is not touched.
@@ -100,7 +102,10 @@ def svi_vs_full_bnn_epochs(model, data, n_batches: int, repeats: int, warmup: in
     if hasattr(stf_params, "svi_epochs"):
         stf_params = dataclasses.replace(stf_params, svi_epochs=1)
     full_cls = MODELS.get("full_bnn")
-    full_params = parse_params(full_cls.Params, {"epochs": 1}, "models.full_bnn")
+    if full_params is None:
+        full_params = parse_params(full_cls.Params, {"epochs": 1}, "models.full_bnn")
+    else:
+        full_params = dataclasses.replace(full_params, epochs=1)
 
     def epoch(plugin: str, params, cache, stage: str) -> float:
         spec = PluginSpec(name=plugin, plugin=plugin, params=params)
@@ -226,8 +231,13 @@ class Efficiency(SuitePlugin):
     def _svi_vs_full_bnn(self, model, data, ctx) -> None:
         """STF-BNN SVI epoch / full-BNN epoch, both trained by their own plugins for one epoch of the
         same ``comparison_batches`` training batches, interleaved A B B A ... in this process."""
+        # the full BNN the run evaluates (its estimator, batch size, optimiser), else the plugin's defaults
+        spec = spec_of_plugin(ctx.run_models, "full_bnn")
         ratios, svi_s, full_s = svi_vs_full_bnn_epochs(model, data, self.params.comparison_batches,
-                                                       self.params.comparison_repeats)
+                                                       self.params.comparison_repeats,
+                                                       full_params=None if spec is None else spec.params)
+        recipe = (f"full_bnn at the run's recipe [models.{spec.name}]" if spec is not None
+                  else "full_bnn at its default parameters (the run has none)")
         low, high, cover = median_interval(ratios)
         threads = torch.get_num_threads()
         batch = model.ctx.train.batch_size
@@ -235,7 +245,7 @@ class Efficiency(SuitePlugin):
                    ci_low=low, ci_high=high,
                    note=f"controlled: interleaved, median of {len(ratios)}, {threads} threads; "
                         f"{self.params.comparison_batches} batches of {batch}, device {model.device.type}, "
-                        f"full_bnn at its default parameters; SVI {statistics.median(svi_s):.4g} s, "
+                        f"{recipe}; SVI {statistics.median(svi_s):.4g} s, "
                         f"full BNN {statistics.median(full_s):.4g} s per epoch (medians); "
                         f"ci: order-statistic interval of the median, coverage {cover:.2f}")
         ctx.save_examples({"compare/svi_epoch_seconds": np.asarray(svi_s, dtype=np.float64),
