@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .cache import CheckpointCache, atomic_write_text, cache_key
-from .config import RunConfig, resolved_dict, spec_of_plugin
+from .config import RunConfig, resolved_dict
 from .context import EvalContext
 from .data.base import DataBundle
 from .data.plan import build_data, split_record
@@ -46,9 +46,10 @@ def cell_key(cfg: RunConfig, cell: Cell, data: DataBundle) -> str:
              "net": resolved["net"], "train": resolved["train"], "suites": resolved["suites"],
              "data": resolved["data"], "ood": resolved["ood"], "train_fp": data.train.fingerprint,
              "test_fp": data.test.fingerprint}
-    compared = spec_of_plugin(cfg.models, "full_bnn") if cell.model.plugin == "stf_bnn" else None
-    if compared is not None:  # the efficiency suite times this cell's SVI epoch against that recipe
-        parts["compared_full_bnn"] = compared.as_dict()
+    for spec in cfg.suites:  # other models' recipes a suite measures this cell against
+        compared = SUITES.get(spec.plugin)(spec.params, spec.name).compared_specs(cell.model, cfg.models)
+        if compared:
+            parts.setdefault("compared", {})[spec.name] = compared
     return cache_key(parts)
 
 

@@ -30,5 +30,10 @@ class SuitePlugin:
         """
         return []
 
+    def compared_specs(self, model_spec, run_models) -> dict:
+        """The run's other model specs whose recipes this suite's results in ``model_spec``'s cells
+        depend on, {key: spec.as_dict()}; they join those cells' resume key. Default: none."""
+        return {}
+
     def run(self, model: ModelPlugin, data: DataBundle, ctx) -> None:
         raise NotImplementedError

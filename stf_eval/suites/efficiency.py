@@ -128,6 +128,12 @@ def svi_vs_full_bnn_epochs(model, data, n_batches: int, repeats: int, warmup: in
     return [a / b for a, b in zip(svi, full)], svi, full
 
 
+def compared_full_bnn(run_models):
+    """The full BNN the run evaluates (its estimator, batch size, optimiser), timed against STF-BNN's
+    SVI epoch; None (the plugin's defaults) when the run has no full_bnn."""
+    return spec_of_plugin(run_models, "full_bnn")
+
+
 @SUITES.register("efficiency")
 class Efficiency(SuitePlugin):
     """Trainable and distribution parameters, seconds and peak memory per training stage, latency."""
@@ -228,11 +234,16 @@ class Efficiency(SuitePlugin):
             if method.startswith("unavailable"):
                 ctx.note(f"train_step_peak_memory_mb of stage {stage}: {method}")
 
+    def compared_specs(self, model_spec, run_models) -> dict:
+        spec = compared_full_bnn(run_models)
+        if self.params.svi_comparison and model_spec.plugin == "stf_bnn" and spec is not None:
+            return {"full_bnn": spec.as_dict()}  # the recipe the SVI epoch is timed against
+        return {}
+
     def _svi_vs_full_bnn(self, model, data, ctx) -> None:
         """STF-BNN SVI epoch / full-BNN epoch, both trained by their own plugins for one epoch of the
         same ``comparison_batches`` training batches, interleaved A B B A ... in this process."""
-        # the full BNN the run evaluates (its estimator, batch size, optimiser), else the plugin's defaults
-        spec = spec_of_plugin(ctx.run_models, "full_bnn")
+        spec = compared_full_bnn(ctx.run_models)
         ratios, svi_s, full_s = svi_vs_full_bnn_epochs(model, data, self.params.comparison_batches,
                                                        self.params.comparison_repeats,
                                                        full_params=None if spec is None else spec.params)
