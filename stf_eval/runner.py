@@ -47,7 +47,8 @@ def cell_key(cfg: RunConfig, cell: Cell, data: DataBundle) -> str:
              "data": resolved["data"], "ood": resolved["ood"], "train_fp": data.train.fingerprint,
              "test_fp": data.test.fingerprint}
     for spec in cfg.suites:  # other models' recipes a suite measures this cell against
-        compared = SUITES.get(spec.plugin)(spec.params, spec.name).compared_specs(cell.model, cfg.models)
+        declared = getattr(SUITES.get(spec.plugin)(spec.params, spec.name), "compared_specs", None)
+        compared = declared(cell.model, cfg.models) if declared else None  # plugins not derived from SuitePlugin
         if compared:
             parts.setdefault("compared", {})[spec.name] = compared
     return cache_key(parts)
